@@ -1,0 +1,17 @@
+"""Test-wide JAX setup: 4 simulated CPU devices and the persistent compilation cache.
+
+XLA_FLAGS must be set before JAX initialises its backends, hence here and not in a fixture.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+_CACHE_DIR = os.environ.get(
+    "SHEAP_JAX_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache"),
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
