@@ -18,14 +18,11 @@ with the free scale and leaves the refinement to repair it).
 import dataclasses
 import os
 
-import matplotlib
+from matplotlib import figure as mpl_figure
+import numpy as np
+from scipy.spatial.transform import Rotation
 
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
-
-from sheap_jax.metrics import point_triangle  # noqa: E402
+from sheap_jax.metrics import point_triangle
 
 # iBUG-68 indices of the 7 NoW landmarks, in NoW's order: right-eye outer and inner corners,
 # left-eye inner and outer corners, nose bottom, right and left mouth corners.
@@ -138,12 +135,12 @@ def _residuals(index, transform, scan_points):
 
 
 def _jacobian_rows(scan_points, closest, distances, face_normals, pivot, scale):
-  """d distance / d (log-scale, rotation, translation) of a left update about `pivot`.
+  """Rows J with distance(step) ~ distance - J @ step, step = ([log-scale], rotation, shift).
 
-  A closest point c moves with the surface as c + ds (c - p) + dw x (c - p) + dt, and the
-  distance changes by minus that motion along the unit residual direction n: rows are
-  -[n.(c - p), (c - p) x n, n] (with the sign folded into the solve below). Where a point
-  lies on the surface, n is the face normal (either sign gives the same normal equations).
+  Under the left update about pivot p, a closest point c moves by ds (c - p) + dw x (c - p) + dt
+  and (envelope theorem) the distance shrinks by that motion along the unit direction n from c
+  to the scan point: J = [n.(c - p), (c - p) x n, n]. Where a point lies on the surface, n is
+  the face normal (either sign gives the same normal equations, the residual being 0).
   """
   residual = scan_points - closest
   safe = distances > 0
@@ -267,8 +264,12 @@ def cumulative_error_curve(errors, max_mm=8.0, num_thresholds=801):
 
 
 def plot_cumulative_errors(errors_by_method, path, max_mm=8.0):
-  """Writes NoW's cumulative error plot (one curve per method) to `path` (PNG, SVG, ...)."""
-  figure, axes = plt.subplots(figsize=(5, 4))
+  """Writes NoW's cumulative error plot (one curve per method) to `path` (PNG, SVG, ...).
+
+  Uses a bare Figure (Agg for PNG), so no pyplot backend or global state is touched.
+  """
+  figure = mpl_figure.Figure(figsize=(5, 4))
+  axes = figure.subplots()
   for name, errors in errors_by_method.items():
     thresholds, percent = cumulative_error_curve(errors, max_mm=max_mm)
     stats = summarize(errors)
@@ -283,4 +284,3 @@ def plot_cumulative_errors(errors_by_method, path, max_mm=8.0):
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   figure.savefig(path, dpi=120)
-  plt.close(figure)

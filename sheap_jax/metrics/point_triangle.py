@@ -17,6 +17,7 @@ import numpy as np
 from scipy import spatial
 
 _PAIRS_PER_CHUNK = 1 << 17  # (point, triangle) pairs evaluated at once: bounds memory
+_SLACK = 1e-9  # relative margin on the prefilter's bounds, far above float64 rounding
 
 
 def closest_points_on_triangles(points, a, b, c):
@@ -138,7 +139,7 @@ class MeshDistanceIndex:
     _, nearest = self._tree.query(points, k=1)
     upper, _ = self._pair_distances(points, self.proxy_faces[nearest])
     # Every triangle at distance <= upper has a proxy within upper + cover_radius.
-    radii = (upper + self.cover_radius) * (1 + 1e-9) + 1e-12
+    radii = (upper + self.cover_radius) * (1 + _SLACK)
     counts = self._tree.query_ball_point(points, radii, return_length=True)
     distances = np.empty(len(points))
     closest = np.empty((len(points), 3))
@@ -176,10 +177,12 @@ class MeshDistanceIndex:
     offsets = points[owners] - self._centroids[faces]
     lower = np.maximum(np.linalg.norm(offsets, axis=1) - self._radii[faces],
                        np.abs(np.einsum("ij,ij->i", offsets, self._unit_normals[faces])))
-    keep = lower <= upper[owners] * (1 + 1e-9) + 1e-12
+    keep = lower <= upper[owners] + _SLACK * (upper[owners] + self.cover_radius)
     owners, faces = owners[keep], faces[keep]
     d, near = self._pair_distances(points[owners], faces)
     starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    if len(starts) != len(points):
+      raise RuntimeError("closest-point prefilter lost a point's candidates (internal error)")
     best_d = np.minimum.reduceat(d, starts)
     is_best = d == best_d[owners]
     first = np.flatnonzero(is_best)
