@@ -8,8 +8,10 @@ the scan, never the mesh). It prefilters with a KD-tree on proxy points that cov
 triangle to within `cover_radius` (centroids of a uniform subdivision). For a point, the
 triangle owning its nearest proxy gives an upper bound u on the distance; every triangle at
 distance <= u has a proxy within u + cover_radius, so the triangles owning the proxies in that
-ball are the only candidates, and the answer is exact. Points whose ball holds more proxies than
-the mesh has triangles (far from the surface) are compared with every triangle instead.
+ball are the only candidates, and the answer is exact. The ball usually lies within the point's
+16 nearest proxies (one KD-tree query); otherwise (far from the surface) a ball query collects
+it, and a point whose ball holds more proxies than the mesh has triangles is compared with
+every triangle instead.
 """
 import itertools
 
@@ -17,6 +19,7 @@ import numpy as np
 from scipy import spatial
 
 _PAIRS_PER_CHUNK = 1 << 17  # (point, triangle) pairs evaluated at once: bounds memory
+_NEIGHBOURS = 16  # proxies fetched per point; enough near the surface
 _SLACK = 1e-9  # relative margin on the prefilter's bounds, far above float64 rounding
 
 
@@ -135,32 +138,52 @@ class MeshDistanceIndex:
       raise ValueError(f"points must have shape (N, 3), got {points.shape}")
     if not np.all(np.isfinite(points)):
       raise ValueError("points hold NaN or infinite coordinates")
-    # Upper bound: the distance to the triangle that owns the nearest proxy.
-    _, nearest = self._tree.query(points, k=1)
-    upper, _ = self._pair_distances(points, self.proxy_faces[nearest])
-    # Every triangle at distance <= upper has a proxy within upper + cover_radius.
-    radii = (upper + self.cover_radius) * (1 + _SLACK)
-    counts = self._tree.query_ball_point(points, radii, return_length=True)
     distances = np.empty(len(points))
     closest = np.empty((len(points), 3))
     face_ids = np.empty(len(points), np.int64)
-    crowded = counts > self.num_faces  # cheaper against every triangle than via proxies
-    for ids in _batches(np.flatnonzero(~crowded), counts[~crowded], _PAIRS_PER_CHUNK):
-      lists = self._tree.query_ball_point(points[ids], radii[ids], return_sorted=False)
-      proxy_ids = np.fromiter(itertools.chain.from_iterable(lists), np.int64,
-                              count=int(counts[ids].sum()))
-      owners = np.repeat(np.arange(len(ids)), counts[ids])
-      d, c, f = self._segment_best(points[ids], upper[ids], owners, self.proxy_faces[proxy_ids])
-      distances[ids], closest[ids], face_ids[ids] = d, c, f
-    all_faces = np.arange(self.num_faces)
-    crowded_ids = np.flatnonzero(crowded)
-    for ids in _batches(crowded_ids, np.full(len(crowded_ids), self.num_faces),
-                        _PAIRS_PER_CHUNK):
-      owners = np.repeat(np.arange(len(ids)), self.num_faces)
-      d, c, f = self._segment_best(points[ids], upper[ids], owners,
-                                   np.tile(all_faces, len(ids)))
-      distances[ids], closest[ids], face_ids[ids] = d, c, f
+    k = min(_NEIGHBOURS, self._tree.n)
+    for ids in _batches(np.arange(len(points)), np.full(len(points), k), _PAIRS_PER_CHUNK):
+      neighbour_distances, neighbours = self._tree.query(points[ids], k=k)
+      neighbour_distances = neighbour_distances.reshape(len(ids), k)
+      neighbours = neighbours.reshape(len(ids), k)
+      # Upper bound: the distance to the triangle that owns the nearest proxy. Every triangle
+      # at distance <= upper has a proxy within `radius` = upper + cover_radius.
+      upper, _ = self._pair_distances(points[ids], self.proxy_faces[neighbours[:, 0]])
+      radius = (upper + self.cover_radius) * (1 + _SLACK)
+      # The k nearest proxies hold the whole ball unless the k-th is still inside it.
+      complete = (neighbour_distances[:, -1] > radius) | (k == self._tree.n)
+      rows, columns = np.nonzero((neighbour_distances <= radius[:, None]) & complete[:, None])
+      done = ids[complete]
+      candidates = self.proxy_faces[neighbours[rows, columns]]
+      _, owners = np.unique(rows, return_inverse=True)
+      result = self._segment_best(points[done], upper[complete], owners, candidates)
+      distances[done], closest[done], face_ids[done] = result
+      self._query_balls(points, ids[~complete], upper[~complete], radius[~complete],
+                        (distances, closest, face_ids))
     return distances, closest, face_ids
+
+  def _query_balls(self, points, ids, upper, radius, outputs):
+    """Exact answers for points whose candidate ball holds many proxies (far from the mesh)."""
+    counts = self._tree.query_ball_point(points[ids], radius, return_length=True)
+    # Past one proxy per triangle, comparing with every triangle is cheaper.
+    crowded = counts > self.num_faces
+    for batch in _batches(np.flatnonzero(~crowded), counts[~crowded], _PAIRS_PER_CHUNK):
+      lists = self._tree.query_ball_point(points[ids[batch]], radius[batch],
+                                          return_sorted=False)
+      proxy_ids = np.fromiter(itertools.chain.from_iterable(lists), np.int64,
+                              count=int(counts[batch].sum()))
+      owners = np.repeat(np.arange(len(batch)), counts[batch])
+      result = self._segment_best(points[ids[batch]], upper[batch], owners,
+                                  self.proxy_faces[proxy_ids])
+      for output, value in zip(outputs, result):
+        output[ids[batch]] = value
+    crowded = np.flatnonzero(crowded)
+    for batch in _batches(crowded, np.full(len(crowded), self.num_faces), _PAIRS_PER_CHUNK):
+      owners = np.repeat(np.arange(len(batch)), self.num_faces)
+      result = self._segment_best(points[ids[batch]], upper[batch], owners,
+                                  np.tile(np.arange(self.num_faces), len(batch)))
+      for output, value in zip(outputs, result):
+        output[ids[batch]] = value
 
   def _pair_distances(self, points, faces):
     """Exact distance and closest point from points[i] to triangle faces[i]."""
@@ -174,19 +197,21 @@ class MeshDistanceIndex:
     Pairs that cheap lower bounds (bounding sphere, supporting plane) place beyond the point's
     upper bound are dropped first; the triangle that gave the upper bound always survives.
     """
+    if len(points) == 0:
+      return np.empty(0), np.empty((0, 3)), np.empty(0, np.int64)
     offsets = points[owners] - self._centroids[faces]
     lower = np.maximum(np.linalg.norm(offsets, axis=1) - self._radii[faces],
                        np.abs(np.einsum("ij,ij->i", offsets, self._unit_normals[faces])))
     keep = lower <= upper[owners] + _SLACK * (upper[owners] + self.cover_radius)
     owners, faces = owners[keep], faces[keep]
     d, near = self._pair_distances(points[owners], faces)
-    starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    starts = np.flatnonzero(np.diff(owners, prepend=-1))
     if len(starts) != len(points):
       raise RuntimeError("closest-point prefilter lost a point's candidates (internal error)")
     best_d = np.minimum.reduceat(d, starts)
     is_best = d == best_d[owners]
     first = np.flatnonzero(is_best)
-    first = first[np.r_[True, owners[first][1:] != owners[first][:-1]]]
+    first = first[np.diff(owners[first], prepend=-1) != 0]
     return best_d, near[first], faces[first]
 
 
