@@ -17,8 +17,8 @@ def _write_pp(path, points):
   lines = ['<!DOCTYPE PickedPoints>', '<PickedPoints>', ' <DocumentData>',
            '  <DateTime time="12:34:56" date="2018-04-24"/>', '  <User name="annotator"/>',
            '  <DataFileName name="scan.obj"/>', '  <templateName name=""/>', ' </DocumentData>']
-  lines += [f' <point x="{float(x)!r}" y="{float(y)!r}" z="{float(z)!r}" active="1" name="{i + 1}"/>'
-            for i, (x, y, z) in enumerate(points)]
+  lines += [f' <point x="{x!r}" y="{y!r}" z="{z!r}" active="1" name="{i + 1}"/>'
+            for i, (x, y, z) in enumerate(np.asarray(points).tolist())]
   lines.append('</PickedPoints>')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:

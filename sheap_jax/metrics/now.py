@@ -161,11 +161,11 @@ def _left_update(step, pivot, scale):
   return Similarity(s, rotation, pivot + step[3:] - s * rotation @ pivot)
 
 
-def _damped_step(index, transform, residuals, cost, normals, scan_points, pivot, extent,
-                 scale, damping):
+def _damped_step(index, transform, residuals, cost, scan_points, pivot, extent, scale,
+                 damping):
   """One Levenberg-Marquardt step that lowers the cost, or None when none can (a minimum)."""
   distances, closest, face_ids = residuals
-  scan_normals = normals[face_ids] @ transform.rotation.T
+  scan_normals = index.face_normals[face_ids] @ transform.rotation.T
   rows = _jacobian_rows(scan_points, closest, distances, scan_normals, pivot, scale)
   normal_matrix = rows.T @ rows
   gradient = rows.T @ distances
@@ -199,9 +199,6 @@ def rigid_align(pred_vertices, pred_faces, pred_landmarks7, scan_points, scan_la
   if scan_points.ndim != 2 or scan_points.shape[1] != 3 or len(scan_points) == 0:
     raise ValueError(f"scan_points must have shape (N, 3) with N > 0, got {scan_points.shape}")
   index = point_triangle.MeshDistanceIndex(pred_vertices, pred_faces)
-  edges = index.triangles[:, 1:] - index.triangles[:, :1]
-  normals = np.cross(edges[:, 0], edges[:, 1])
-  normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
 
   initial = procrustes(pred_landmarks7, scan_landmarks7, scale=scale)
   transform = initial
@@ -214,8 +211,8 @@ def rigid_align(pred_vertices, pred_faces, pred_landmarks7, scan_points, scan_la
   for iterations in range(1, max_iterations + 1):
     found = None
     if cost > cost_floor:
-      found = _damped_step(index, transform, residuals, cost, normals, scan_points, pivot,
-                           extent, scale, damping)
+      found = _damped_step(index, transform, residuals, cost, scan_points, pivot, extent,
+                           scale, damping)
     if found is None:
       converged = True
       break

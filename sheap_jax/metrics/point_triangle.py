@@ -99,7 +99,11 @@ def _subdivision_barycentrics(n):
 
 
 class MeshDistanceIndex:
-  """A triangle mesh prepared for exact closest-point queries."""
+  """A triangle mesh prepared for exact closest-point queries.
+
+  Attributes: triangles (F, 3, 3), face_normals (F, 3) unit (0 for degenerate faces), and
+  cover_radius (every point of every triangle lies this close to one of its proxies).
+  """
 
   def __init__(self, vertices, faces, proxy_spacing=None):
     """proxy_spacing: covering radius aimed for (default: the median triangle radius)."""
@@ -123,8 +127,8 @@ class MeshDistanceIndex:
     normals = np.cross(self.triangles[:, 1] - self.triangles[:, 0],
                        self.triangles[:, 2] - self.triangles[:, 0])
     lengths = np.linalg.norm(normals, axis=1, keepdims=True)
-    self._unit_normals = np.where(lengths > 0, normals / np.where(lengths > 0, lengths, 1), 0)
-    self.proxy_faces = np.concatenate(owners)
+    self.face_normals = np.where(lengths > 0, normals / np.where(lengths > 0, lengths, 1), 0)
+    self._proxy_faces = np.concatenate(owners)
     self._tree = spatial.cKDTree(np.concatenate(proxies))
 
   @property
@@ -148,13 +152,13 @@ class MeshDistanceIndex:
       neighbours = neighbours.reshape(len(ids), k)
       # Upper bound: the distance to the triangle that owns the nearest proxy. Every triangle
       # at distance <= upper has a proxy within `radius` = upper + cover_radius.
-      upper, _ = self._pair_distances(points[ids], self.proxy_faces[neighbours[:, 0]])
+      upper, _ = self._pair_distances(points[ids], self._proxy_faces[neighbours[:, 0]])
       radius = (upper + self.cover_radius) * (1 + _SLACK)
       # The k nearest proxies hold the whole ball unless the k-th is still inside it.
       complete = (neighbour_distances[:, -1] > radius) | (k == self._tree.n)
       rows, columns = np.nonzero((neighbour_distances <= radius[:, None]) & complete[:, None])
       done = ids[complete]
-      candidates = self.proxy_faces[neighbours[rows, columns]]
+      candidates = self._proxy_faces[neighbours[rows, columns]]
       _, owners = np.unique(rows, return_inverse=True)
       result = self._segment_best(points[done], upper[complete], owners, candidates)
       distances[done], closest[done], face_ids[done] = result
@@ -174,7 +178,7 @@ class MeshDistanceIndex:
                               count=int(counts[batch].sum()))
       owners = np.repeat(np.arange(len(batch)), counts[batch])
       result = self._segment_best(points[ids[batch]], upper[batch], owners,
-                                  self.proxy_faces[proxy_ids])
+                                  self._proxy_faces[proxy_ids])
       for output, value in zip(outputs, result):
         output[ids[batch]] = value
     crowded = np.flatnonzero(crowded)
@@ -201,7 +205,7 @@ class MeshDistanceIndex:
       return np.empty(0), np.empty((0, 3)), np.empty(0, np.int64)
     offsets = points[owners] - self._centroids[faces]
     lower = np.maximum(np.linalg.norm(offsets, axis=1) - self._radii[faces],
-                       np.abs(np.einsum("ij,ij->i", offsets, self._unit_normals[faces])))
+                       np.abs(np.einsum("ij,ij->i", offsets, self.face_normals[faces])))
     keep = lower <= upper[owners] + _SLACK * (upper[owners] + self.cover_radius)
     owners, faces = owners[keep], faces[keep]
     d, near = self._pair_distances(points[owners], faces)
