@@ -2,6 +2,7 @@
 import numpy as np
 from PIL import Image
 import pytest
+from scipy import linalg
 from scipy.spatial.transform import Rotation
 import trimesh
 from trimesh import triangles as trimesh_triangles
@@ -235,6 +236,23 @@ def test_procrustes_recovers_a_similarity_and_never_reflects():
   np.testing.assert_allclose(np.linalg.det(mirrored.rotation), 1.0, atol=1e-12)
 
 
+def test_procrustes_matches_scipy_orthogonal_procrustes_on_noisy_points():
+  rng = np.random.default_rng(12)
+  source = rng.normal(size=(7, 3))
+  target = _random_similarity(rng).apply(source) + rng.normal(size=(7, 3)) * 0.2
+  source_c, target_c = source - source.mean(0), target - target.mean(0)
+  rotation_t, _ = linalg.orthogonal_procrustes(source_c, target_c)  # source_c @ R ~ target_c
+  assert np.linalg.det(rotation_t) > 0
+  scale = np.trace(target_c.T @ source_c @ rotation_t) / np.sum(source_c**2)
+  fitted = now.procrustes(source, target)
+  np.testing.assert_allclose(fitted.rotation, rotation_t.T, atol=1e-10)
+  np.testing.assert_allclose(fitted.scale, scale, rtol=1e-10)
+  np.testing.assert_allclose(fitted.apply(source).mean(0), target.mean(0), atol=1e-12)
+  rigid = now.procrustes(source, target, scale=False)
+  assert rigid.scale == 1.0
+  np.testing.assert_allclose(rigid.rotation, rotation_t.T, atol=1e-10)
+
+
 def _scan_of(head, transform, landmark_noise, rng):
   vertices, faces, landmarks, samples = head
   scan = transform.apply(samples)
@@ -276,6 +294,29 @@ def test_refinement_undoes_landmark_noise(head, scale):
   recomputed = point_triangle.point_to_mesh_distance(
       cropped, alignment.transform.apply(vertices), faces)[0]
   np.testing.assert_allclose(alignment.errors, recomputed, atol=1e-9)
+
+
+def test_refinement_reaches_a_minimum_of_the_squared_distances_on_a_noisy_scan(head):
+  rng = np.random.default_rng(13)
+  vertices, faces, _, _ = head
+  cropped, scan_landmarks = _scan_of(head, _random_similarity(rng), 0.003, rng)
+  noisy = cropped + rng.normal(size=cropped.shape) * 0.0005  # 0.5 mm scanner noise
+  alignment = now.rigid_align(vertices, faces, head[2], noisy, scan_landmarks)
+  assert alignment.converged
+
+  def cost(transform):
+    distances = point_triangle.point_to_mesh_distance(noisy, transform.apply(vertices), faces)[0]
+    return np.sum(distances**2)
+
+  best = cost(alignment.transform)
+  np.testing.assert_allclose(best, np.sum(alignment.errors**2), rtol=1e-9)
+  for _ in range(6):  # no nearby similarity does better
+    nudge = now.Similarity(float(np.exp(rng.normal() * 1e-3)),
+                           Rotation.from_rotvec(rng.normal(size=3) * 1e-3).as_matrix(),
+                           rng.normal(size=3) * 1e-4)
+    assert cost(alignment.transform.then(nudge)) > best
+  # Only the scanner noise is left: its mean absolute normal component is 0.4 mm.
+  assert 0.3e-3 < np.mean(alignment.errors) < 0.5e-3
 
 
 def test_metrical_variant_keeps_a_wrong_size_wrong(head):
