@@ -9,11 +9,12 @@ A FLAME model in memory is a plain dict of numpy arrays, "assets" (docs/flame.md
 On disk it is either FLAME's own layout (a directory with generic_model.pkl or flame2023.pkl,
 landmark_embedding.npy, head_template.obj, FLAME_masks.pkl, l_eyelid.npy, r_eyelid.npy) or the
 project's single chumpy-free `.npz`. FLAME's pickles were written by Python 2 with chumpy `Ch`
-arrays; a restricted unpickler maps `Ch` to the ndarray in its state and refuses any class it
-does not know, so reading a file never runs code from it. Any problem with a file raises one
+arrays; a restricted unpickler maps `Ch` to the ndarray in its state, reads plainly pickled
+torch tensors (DECA's landmark embedding) as numpy arrays without torch, and refuses any class
+it does not know, so reading a file never runs code from it. Any problem with a file raises one
 `FlameFileError` naming the file and what is wrong.
 
-Command line (files that only torch can read):
+Command line, for files only torch can read (torch.save's .pt, e.g. SHeaP's eyelids):
   python -m sheap_jax.flame_io convert-pt IN.pt OUT.npy
 """
 import argparse
@@ -101,7 +102,8 @@ _SPARSE_FORMATS = {"csc_matrix": "csc", "csr_matrix": "csr", "coo_matrix": "coo"
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickles numpy arrays, chumpy Ch arrays, scipy sparse matrices and builtins, nothing else."""
+  """Unpickles numpy arrays, chumpy Ch arrays, scipy sparse matrices, plainly pickled torch
+  tensors (as numpy arrays, without torch) and builtins; nothing else."""
 
   def __init__(self, file, path):
     super().__init__(file, encoding="latin1")
@@ -112,15 +114,94 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _ALLOWED_CLASSES[(module, name)]
     if module.startswith("scipy.sparse") and name in _SPARSE_FORMATS:
       return _sparse_stand_in(_SPARSE_FORMATS[name])
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return lambda *args: _rebuild_tensor(self._path, *args)
+    if (module, name) == ("torch.storage", "_load_from_bytes"):
+      return lambda data: _read_torch_storage(data, self._path)
     if module.split(".")[0] == "torch":
       raise FlameFileError(
-          self._path, "holds torch tensors, which need torch to read; convert it once with "
-          f"`python -m sheap_jax.flame_io convert-pt {self._path} OUT.npy` (needs torch)")
+          self._path, f"holds torch objects ({module}.{name}) that need torch to read; convert "
+          f"it once with `python -m sheap_jax.flame_io convert-pt {self._path} OUT.npy`")
     raise FlameFileError(self._path, f"unexpected class {module}.{name} in the pickle "
                          "(not a FLAME file, or a FLAME file holding something unsupported)")
 
   def persistent_load(self, pid):
     raise FlameFileError(self._path, "holds persistent references (a torch file?), not FLAME data")
+
+
+# ----------------------------------------------------------------------------------------------
+# Torch tensors pickled with plain pickle (DECA's landmark_embedding.npy holds some), read
+# without torch. A tensor pickles as _rebuild_tensor_v2(storage, offset, size, stride, ...);
+# its storage as _load_from_bytes(bytes of torch's legacy torch.save format): five pickles
+# (magic number, protocol version, system info, the storage as a persistent id, storage keys),
+# then per storage its element count (int64) and raw little-endian data.
+
+_TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_TORCH_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _TorchStorageUnpickler(pickle.Unpickler):
+  """Reads the pickles of torch's legacy storage format; storage types become numpy dtypes."""
+
+  def __init__(self, file, path):
+    super().__init__(file, encoding="latin1")
+    self._path = path
+    self.storages = {}  # key -> (dtype, element count)
+
+  def find_class(self, module, name):
+    if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+      return np.dtype(_TORCH_STORAGE_DTYPES[name])
+    raise FlameFileError(self._path, f"unexpected class {module}.{name} in a torch storage")
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+      raise FlameFileError(self._path, f"unsupported torch storage reference {pid!r}")
+    _, dtype, key, _, numel = pid[:5]
+    if len(pid) > 5 and pid[5] is not None:
+      raise FlameFileError(self._path, "holds a torch storage view (torch < 1.0); convert it "
+                           "with `python -m sheap_jax.flame_io convert-pt`")
+    self.storages[key] = (dtype, int(numel))
+    return key
+
+
+def _read_torch_storage(data: bytes, path) -> np.ndarray:
+  stream = io.BytesIO(data)
+  unpickler = _TorchStorageUnpickler(stream, path)
+  try:
+    magic, _, sys_info = unpickler.load(), unpickler.load(), unpickler.load()
+    if magic != _TORCH_LEGACY_MAGIC or not sys_info.get("little_endian", False):
+      raise FlameFileError(path, "holds a torch storage in an unknown format")
+    root, keys = unpickler.load(), unpickler.load()
+    arrays = {}
+    for key in keys:
+      dtype, numel = unpickler.storages[key]
+      count = int(np.frombuffer(stream.read(8), "<i8")[0])
+      if count != numel:
+        raise FlameFileError(path, "holds a torch storage whose size does not match its header")
+      raw = stream.read(count * dtype.itemsize)
+      arrays[key] = np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype)
+    return arrays[root]
+  except FlameFileError:
+    raise
+  except Exception as e:  # truncated or foreign bytes
+    raise FlameFileError(path, f"holds an unreadable torch storage ({type(e).__name__}: {e})") \
+        from None
+
+
+def _rebuild_tensor(path, storage, offset, size, stride, *unused):
+  """A tensor's values as a numpy array, from its storage and (offset, size, stride)."""
+  size, stride = tuple(size), tuple(stride)
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
+  if offset < 0 or any(s < 0 for s in stride) or (all(size) and last >= storage.size):
+    raise FlameFileError(path, "holds a torch tensor that reaches outside its storage")
+  if not all(size):
+    return np.zeros(size, storage.dtype)
+  strides = tuple(s * storage.itemsize for s in stride)
+  return np.lib.stride_tricks.as_strided(storage[offset:], size, strides).copy()
 
 
 def _convert_stand_ins(obj, path):

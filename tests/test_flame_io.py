@@ -201,43 +201,69 @@ def test_bad_extras_and_npz(tmp_path):
   npz = tmp_path / "partial.npz"
   np.savez(npz, v_template=np.zeros((4, 3)))
   _expect_error(str(npz), str(npz), "missing key(s) 'shapedirs'")
+  parameter = tmp_path / "parameter.npy"
+  holder = np.empty((), object)
+  holder[()] = {"static_lmk_faces_idx": torch.nn.Parameter(torch.zeros(51))}
+  np.save(parameter, holder)
+  _expect_error(model, str(parameter), "torch._utils._rebuild_parameter", "convert-pt",
+                landmark_embedding=str(parameter))
   not_zip = tmp_path / "text.npz"
   not_zip.write_text("hello")
   _expect_error(str(not_zip), str(not_zip), "is not a readable .npz")
 
 
-def _run_cli_without_torch(*args):
-  code = ("import sys; sys.modules['torch'] = None; from sheap_jax.flame_io import main; "
-          "main(sys.argv[1:])")
+def _run_without_torch(code, *args):
+  code = "import sys; sys.modules['torch'] = None\n" + code
   return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=120)
 
 
-def test_convert_pt_eyelids_and_torch_landmark_embedding(tmp_path):
+def test_deca_embedding_with_torch_tensors_reads_without_torch(tmp_path):
+  """DECA's landmark_embedding.npy pickles torch tensors (strided views included)."""
   assets = synthetic_flame_assets(seed=7)
+  flame_io.save_flame(tmp_path / "flame", assets)
+  expected = assets["landmark_embedding"]
+  emb = {k: torch.from_numpy(np.asarray(v)) for k, v in expected.items()}
+  emb["dynamic_lmk_faces_idx"] = torch.from_numpy(expected["dynamic_lmk_faces_idx"].T.copy()).T
+  emb["dynamic_lmk_bary_coords"] = emb["dynamic_lmk_bary_coords"].float()
+  holder = np.empty((), object)
+  holder[()] = emb
+  torch_npy = tmp_path / "landmark_embedding.npy"
+  np.save(torch_npy, holder)
+  out = tmp_path / "read.npz"
+  code = ("import numpy as np; from sheap_jax import flame_io\n"
+          "a = flame_io.load_flame_assets(sys.argv[1], landmark_embedding=sys.argv[2])\n"
+          "np.savez(sys.argv[3], **a['landmark_embedding'])")
+  result = _run_without_torch(code, str(tmp_path / "flame"), str(torch_npy), str(out))
+  assert result.returncode == 0, result.stderr
+  with np.load(out) as read:
+    for key, value in expected.items():
+      want = value.astype(np.float32) if key == "dynamic_lmk_bary_coords" else value
+      assert read[key].dtype == want.dtype, key
+      np.testing.assert_array_equal(read[key], want, err_msg=key)
+
+
+def test_convert_pt(tmp_path):
+  assets = synthetic_flame_assets(seed=8)
   flame_io.save_flame(tmp_path / "flame", {k: v for k, v in assets.items() if k != "eyelids"})
   model = str(tmp_path / "flame" / "generic_model.pkl")
-  # SHeaP's eyelids.pt: one (V, 3, 2) tensor.
+  # SHeaP's eyelids.pt (torch.save's zip format): one (V, 3, 2) tensor.
   pt = tmp_path / "eyelids.pt"
   torch.save(torch.tensor(np.moveaxis(assets["eyelids"], 0, 2), dtype=torch.float32), pt)
+  _expect_error(model, str(pt), "is not a .npy file", eyelids=str(pt))
   out = tmp_path / "eyelids.npy"
   flame_io.main(["convert-pt", str(pt), str(out)])
   loaded = flame_io.load_flame_assets(model, eyelids=str(out))
   np.testing.assert_array_equal(loaded["eyelids"], assets["eyelids"].astype(np.float32))
-  # DECA's landmark_embedding.npy pickles torch tensors: a clear error, then the converter.
-  emb = {k: torch.from_numpy(np.asarray(v)) for k, v in assets["landmark_embedding"].items()}
-  holder = np.empty((), object)
-  holder[()] = emb
-  torch_npy = tmp_path / "landmark_embedding_torch.npy"
-  np.save(torch_npy, holder)
-  _expect_error(model, str(torch_npy), "holds torch tensors", "convert-pt",
-                landmark_embedding=str(torch_npy))
-  converted = tmp_path / "landmark_embedding.npy"
-  flame_io.main(["convert-pt", str(torch_npy), str(converted)])
-  loaded = flame_io.load_flame_assets(model, landmark_embedding=str(converted))
+  # A dict of tensors becomes DECA's format: a dict in a 0-d object array.
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in
+              assets["landmark_embedding"].items()}, tmp_path / "lmk.pt")
+  flame_io.main(["convert-pt", str(tmp_path / "lmk.pt"), str(tmp_path / "lmk.npy")])
+  loaded = flame_io.load_flame_assets(model, landmark_embedding=str(tmp_path / "lmk.npy"))
   for key, value in assets["landmark_embedding"].items():
     np.testing.assert_array_equal(loaded["landmark_embedding"][key], value)
   # Without torch the converter says so, and nothing else.
-  result = _run_cli_without_torch("convert-pt", str(pt), str(tmp_path / "x.npy"))
+  code = "from sheap_jax.flame_io import main; main(sys.argv[1:])"
+  result = _run_without_torch(code, "convert-pt", str(pt), str(tmp_path / "x.npy"))
   assert result.returncode != 0 and "convert-pt needs torch" in result.stderr
   assert "Traceback" not in result.stderr
