@@ -400,7 +400,11 @@ def validate_landmark_embedding(embedding, path, num_faces: int) -> dict:
   return out
 
 
+_EXTRAS = ("landmark_embedding", "vt", "masks", "eyelids")
+
+
 def _validate_extras(assets: dict, sources: dict) -> dict:
+  """Checks the extras present against the model; sources names each one's file."""
   num_v, num_f = assets["v_template"].shape[0], assets["f"].shape[0]
   if "landmark_embedding" in assets:
     assets["landmark_embedding"] = validate_landmark_embedding(
@@ -471,47 +475,41 @@ def load_flame_assets(path, *, landmark_embedding=None, uv_template=None, masks=
 
   Args:
     path: the project's `.npz`; a FLAME model pickle (generic_model.pkl, flame2023.pkl); or a
-      directory holding one, in which case the extras are read from FLAME's file names in it
-      when present.
+      directory holding one. Next to a pickle, the extras are read from FLAME's file names when
+      present.
     landmark_embedding, uv_template, masks: paths that override those found next to the model.
     eyelids: a path to a (2, V, 3) or (V, 3, 2) `.npy`, or a pair of (V, 3) `.npy` [left, right].
   """
   path = os.fspath(path)
   if path.endswith(".npz"):
-    assets, sources = _load_npz(path), None
-  else:
-    model_path = _find_model_file(path) if os.path.isdir(path) else path
-    assets = validate_model(read_pickle(model_path), model_path)
-    sources = {"model": model_path}
-    directory = os.path.dirname(model_path)
-    defaults = {
-        "landmark_embedding": os.path.join(directory, LANDMARK_EMBEDDING_FILE),
-        "vt": os.path.join(directory, UV_TEMPLATE_FILE),
-        "masks": os.path.join(directory, MASKS_FILE),
-    }
-    for key, default in defaults.items():
-      sources[key] = default if os.path.isfile(default) else None
-    eyelid_default = [os.path.join(directory, n) for n in EYELID_FILES]
-    sources["eyelids"] = eyelid_default if all(map(os.path.isfile, eyelid_default)) else None
-    explicit = {"landmark_embedding": landmark_embedding, "vt": uv_template, "masks": masks,
-                "eyelids": eyelids}
-    for key, value in explicit.items():
-      if value is not None:
-        sources[key] = value
-    if sources["landmark_embedding"] is not None:
-      assets["landmark_embedding"] = read_npy(sources["landmark_embedding"], allow_object=True)
-    if sources["vt"] is not None:
-      assets["vt"], assets["ft"] = read_uv_obj(sources["vt"])
-    if sources["masks"] is not None:
-      assets["masks"] = read_pickle(sources["masks"])
-    if sources["eyelids"] is not None:
-      eyelid_paths = sources["eyelids"]
-      eyelid_paths = ([eyelid_paths] if isinstance(eyelid_paths, (str, os.PathLike))
-                      else list(eyelid_paths))
-      sources["eyelids"] = eyelid_paths[0]
-      assets["eyelids"] = _read_eyelids(eyelid_paths)
-  if sources is None:
-    sources = {k: path for k in ("model", "landmark_embedding", "vt", "masks", "eyelids")}
+    return _validate_extras(_load_npz(path), dict.fromkeys(_EXTRAS, path))
+  model_path = _find_model_file(path) if os.path.isdir(path) else path
+  assets = validate_model(read_pickle(model_path), model_path)
+  directory = os.path.dirname(model_path)
+
+  def beside_model(name):
+    candidate = os.path.join(directory, name)
+    return candidate if os.path.isfile(candidate) else None
+
+  if eyelids is None:
+    eyelids = [beside_model(n) for n in EYELID_FILES]
+    eyelids = eyelids if all(eyelids) else None
+  elif isinstance(eyelids, (str, os.PathLike)):
+    eyelids = [eyelids]
+  sources = {
+      "landmark_embedding": landmark_embedding or beside_model(LANDMARK_EMBEDDING_FILE),
+      "vt": uv_template or beside_model(UV_TEMPLATE_FILE),
+      "masks": masks or beside_model(MASKS_FILE),
+      "eyelids": eyelids[0] if eyelids else None,
+  }
+  if sources["landmark_embedding"]:
+    assets["landmark_embedding"] = read_npy(sources["landmark_embedding"], allow_object=True)
+  if sources["vt"]:
+    assets["vt"], assets["ft"] = read_uv_obj(sources["vt"])
+  if sources["masks"]:
+    assets["masks"] = read_pickle(sources["masks"])
+  if eyelids:
+    assets["eyelids"] = _read_eyelids(list(eyelids))
   return _validate_extras(assets, sources)
 
 
