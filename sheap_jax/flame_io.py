@@ -27,6 +27,11 @@ import zipfile
 import numpy as np
 import scipy.sparse
 
+try:
+  from numpy._core import multiarray as _multiarray, numeric as _numeric
+except ImportError:  # numpy < 2
+  from numpy.core import multiarray as _multiarray, numeric as _numeric
+
 MODEL_FILE_NAMES = ("generic_model.pkl", "flame2023.pkl", "flame2023_no_jaw.pkl")
 LANDMARK_EMBEDDING_FILE = "landmark_embedding.npy"
 UV_TEMPLATE_FILE = "head_template.obj"
@@ -76,12 +81,12 @@ def _sparse_stand_in(fmt: str):
   return type(f"_Sparse_{fmt}", (_SparseMatrix,), {"format": fmt})
 
 
-def _numpy_classes(module: str) -> dict:
-  core = module.rsplit(".", 1)[0]
+def _numpy_classes(core: str) -> dict:
+  """What pickled arrays reference, under numpy 1 (numpy.core) or 2 (numpy._core) names."""
   return {
-      (module, "_reconstruct"): np._core.multiarray._reconstruct,
-      (module, "scalar"): np._core.multiarray.scalar,
-      (core + ".numeric", "_frombuffer"): np._core.numeric._frombuffer,
+      (core + ".multiarray", "_reconstruct"): _multiarray._reconstruct,
+      (core + ".multiarray", "scalar"): _multiarray.scalar,
+      (core + ".numeric", "_frombuffer"): _numeric._frombuffer,
   }
 
 
@@ -95,8 +100,8 @@ _ALLOWED_CLASSES = {
     ("builtins", "frozenset"): frozenset,
     ("collections", "OrderedDict"): dict,
     ("_codecs", "encode"): lambda text, encoding: text.encode(encoding),  # Python-3 bytes
-    **_numpy_classes("numpy.core.multiarray"),
-    **_numpy_classes("numpy._core.multiarray"),
+    **_numpy_classes("numpy.core"),
+    **_numpy_classes("numpy._core"),
 }
 _SPARSE_FORMATS = {"csc_matrix": "csc", "csr_matrix": "csr", "coo_matrix": "coo"}
 

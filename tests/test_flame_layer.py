@@ -68,8 +68,8 @@ def _smplx_reference(assets, params):
   emb = assets["landmark_embedding"]
   rows = _deca_contour_rows(full_pose)
   faces = torch.tensor(assets["f"].astype(np.int64))
-  lmk_faces = torch.cat([torch.tensor(emb["dynamic_lmk_faces_idx"])[rows],
-                         torch.tensor(emb["static_lmk_faces_idx"]).expand(batch, -1).contiguous()], 1)
+  static_faces = torch.tensor(emb["static_lmk_faces_idx"]).expand(batch, -1).contiguous()
+  lmk_faces = torch.cat([torch.tensor(emb["dynamic_lmk_faces_idx"])[rows], static_faces], 1)
   lmk_bary = torch.cat([t(emb["dynamic_lmk_bary_coords"])[rows],
                         t(emb["static_lmk_bary_coords"]).expand(batch, -1, -1)], 1)
   landmarks = vertices2landmarks(vertices, faces, lmk_faces, lmk_bary)

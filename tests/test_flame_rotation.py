@@ -95,7 +95,8 @@ def test_gradient_matches_finite_differences():
   direction = rng.normal(size=(8, 3))
   reference_loss = lambda a: np.sum(weights * Rotation.from_rotvec(a).as_matrix())
   eps = 1e-5
-  numeric = (reference_loss(aa + eps * direction) - reference_loss(aa - eps * direction)) / (2 * eps)
+  numeric = (reference_loss(aa + eps * direction)
+             - reference_loss(aa - eps * direction)) / (2 * eps)
   loss = lambda a: jnp.sum(jnp.asarray(weights, jnp.float32) * rotation.axis_angle_to_matrix(a))
   grad = jax.jit(jax.grad(loss))(jnp.asarray(aa, jnp.float32))
   np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), numeric, rtol=1e-5, atol=1e-5)
