@@ -580,15 +580,17 @@ def save_flame(path, assets: dict):
 
   The directory holds generic_model.pkl (a plain-numpy pickle, no chumpy), and, for the extras
   present, landmark_embedding.npy, head_template.obj, FLAME_masks.pkl, l_eyelid.npy and
-  r_eyelid.npy. Same arrays, same bytes.
+  r_eyelid.npy. Same arrays, same bytes. Assets that would not load back are refused before
+  anything is written.
   """
   path = os.fspath(path)
+  assets = _validate_extras({**assets, **validate_model(assets, path)},
+                            dict.fromkeys(_EXTRAS, path))
   if path.endswith(".npz"):
     _write_npz(path, _flatten(assets))
     return
   os.makedirs(path, exist_ok=True)
   model = {k: assets[k] for k in MODEL_KEYS}
-  model["J_regressor"] = scipy.sparse.csc_matrix(model["J_regressor"])
   with open(os.path.join(path, MODEL_FILE_NAMES[0]), "wb") as f:
     pickle.dump(model, f, protocol=2)
   if "landmark_embedding" in assets:

@@ -171,6 +171,16 @@ def test_bad_model_files_give_one_clear_error(tmp_path):
   _expect_error(str(tmp_path), str(tmp_path), "no FLAME model file in this directory")
 
 
+def test_save_refuses_assets_that_would_not_load(tmp_path):
+  assets = synthetic_flame_assets(seed=9)
+  out = str(tmp_path / "bad.npz")
+  _expect_error(lambda: flame_io.save_flame(out, dict(assets, weights=np.ones((210, 4)))), out,
+                "'weights' has shape (210, 4), expected (210, 5)")
+  _expect_error(lambda: flame_io.save_flame(out, dict(assets, eyelids=np.ones((210, 3)))), out,
+                "'eyelids' has shape (210, 3), expected (2, 210, 3)")
+  assert not os.path.exists(out)
+
+
 def test_pickles_cannot_run_code(tmp_path):
   class Exploit:
     def __reduce__(self):

@@ -1,5 +1,6 @@
 """The JAX FLAME layer against smplx's `lbs` (the reference FLAME implementation), on a random
 FLAME-layout model with FLAME's skinning structure (tests/fixtures/flame_synthetic.py)."""
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,11 +91,13 @@ def test_matches_smplx_lbs(assets, model, seed):
   out = forward(model, params)
   vertices, joints, landmarks, now, rows = _smplx_reference(assets, params)
   assert rows[:3].tolist() == [25, 69, 78]
+  chex.assert_shape([out.vertices, out.joints, out.landmarks68, out.landmarks_now],
+                    [(4, model.num_vertices, 3), (4, 5, 3), (4, 68, 3), (4, 7, 3)])
+  chex.assert_type([out.vertices, out.joints, out.landmarks68, out.landmarks_now], jnp.float32)
   np.testing.assert_allclose(out.vertices, vertices, atol=1e-5)
   np.testing.assert_allclose(out.joints, joints, atol=1e-5)
   np.testing.assert_allclose(out.landmarks68, landmarks, atol=1e-5)
   np.testing.assert_allclose(out.landmarks_now, now, atol=1e-5)
-  assert out.vertices.dtype == jnp.float32
 
 
 @pytest.mark.parametrize("global_yaw, neck_yaw, row", [
