@@ -15,8 +15,8 @@ import numpy as np
 # up is up in the image, and the camera looks along FLAME's -z.
 FLAME_TO_OPENCV = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
 
-# SHeaP's public renderer: vertical field of view 14.2539 degrees (tan(fov / 2) = 0.125, so the
-# image spans 0.25 m at the head), camera 1 m in front of the head.
+# SHeaP's public renderer: vertical field of view 14.2539 degrees (tan(fov / 2) ~ 0.125: the
+# image spans about 0.25 m at the head), camera 1 m in front of the head.
 SHEAP_FOV_Y_DEGREES = 14.2539
 SHEAP_CAMERA_DISTANCE = 1.0
 

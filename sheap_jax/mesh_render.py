@@ -18,6 +18,7 @@ How one image is drawn, with static shapes throughout (jit/vmap-safe):
 Pixel centres and camera axes follow `rasterizer/types.py`; faces are counter-clockwise seen from
 outside (FLAME's winding), which is what back-face culling assumes.
 """
+import functools
 from typing import Optional
 
 from flax import struct
@@ -116,8 +117,7 @@ def _setup_triangles(pixels, z, faces, width, height, near, cull_backfaces) -> _
   orientation = jnp.sign(doubled_area)
   keep = (doubled_area != 0) & jnp.all(corner_z > near, axis=1)
   keep &= jnp.all(jnp.isfinite(corners), axis=(1, 2))
-  if cull_backfaces:
-    keep &= doubled_area < 0
+  keep &= jnp.logical_not(cull_backfaces) | (doubled_area < 0)
   # Top-left style rule on the inward-oriented edge direction: one side of every edge owns it.
   oriented = orientation[:, None, None] * edge_direction
   owns_zero = (oriented[..., 1] > 0) | ((oriented[..., 1] == 0) & (oriented[..., 0] < 0))
@@ -150,14 +150,16 @@ def _coverage(tris: _Triangles, face: jnp.ndarray, px: jnp.ndarray, py: jnp.ndar
   return inside, perspective / inv_depth, 1.0 / inv_depth[..., 0]
 
 
+@functools.partial(jax.jit, static_argnames=("near", "max_fragments"))
 def rasterize(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Camera, *,
               cull_backfaces: bool = False, near: float = DEFAULT_NEAR,
               max_fragments: Optional[int] = None) -> Fragments:
   """Visible face, perspective-correct barycentrics and depth at every pixel of one image.
 
   vertices (V, 3) world, faces (F, 3) int, camera one (unbatched) `Camera`; vmap for batches.
-  `max_fragments` (static) caps the (triangle, pixel) pairs tested; the default is
-  DEFAULT_FRAGMENTS_PER_PIXEL * H * W. Check `fragments_dropped` when meshes are unusual.
+  `cull_backfaces` may be a traced bool. `max_fragments` (static) caps the (triangle, pixel)
+  pairs tested; the default is DEFAULT_FRAGMENTS_PER_PIXEL * H * W. Check `fragments_dropped`
+  when meshes are unusual.
   """
   _check_mesh(vertices, faces, camera)
   width, height = camera.width, camera.height
@@ -235,6 +237,7 @@ def sample_texture(texture: jnp.ndarray, uv: jnp.ndarray) -> jnp.ndarray:
   return top * (1.0 - fy) + bottom * fy
 
 
+@functools.partial(jax.jit, static_argnames=("near", "max_fragments"))
 def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Camera, *,
                 vertex_colors: Optional[jnp.ndarray] = None,
                 texture: Optional[jnp.ndarray] = None,
@@ -249,11 +252,11 @@ def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
   vertex colours (V, C), or white; SH shading with camera-frame normals when `sh_coeffs`
   (9, C) is given, unlit otherwise; composited over `background` (scalar, (C,) or (H, W, C)).
   """
+  if texture is not None and (uvs is None or uv_faces is None):
+    raise ValueError("sheap_jax/mesh_render.py: a texture needs uvs (T, 2) and uv_faces (F, 3)")
   fragments = rasterize(vertices, faces, camera, cull_backfaces=cull_backfaces, near=near,
                         max_fragments=max_fragments)
   if texture is not None:
-    if uvs is None or uv_faces is None:
-      raise ValueError("sheap_jax/mesh_render.py: a texture needs uvs (T, 2) and uv_faces (F, 3)")
     albedo = sample_texture(texture, interpolate(fragments, uv_faces, uvs))
   elif vertex_colors is not None:
     albedo = interpolate(fragments, faces, vertex_colors)
@@ -269,6 +272,7 @@ def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
   return MeshImage(color=color, normals=normals, fragments=fragments)
 
 
+@jax.jit
 def overlay_mesh(image: jnp.ndarray, vertices: jnp.ndarray, faces: jnp.ndarray,
                  camera: camera_lib.Camera, *, color=(0.75, 0.78, 0.85), opacity: float = 0.7,
                  light_direction=(0.3, -0.4, -1.0)) -> jnp.ndarray:
