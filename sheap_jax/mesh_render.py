@@ -4,15 +4,16 @@ How one image is drawn, with static shapes throughout (jit/vmap-safe):
 1. Triangle setup: project the vertices (`sheap_jax.camera`), cull triangles with a vertex
    closer than `near` (there is no clipping), degenerate ones and, optionally, back faces; take
    the inclusive box of pixel centres each triangle can cover.
-2. Fragments: every (triangle, pixel of its box) pair becomes one slot of a fixed-capacity buffer
-   (`max_fragments`); a triangle's slots are consecutive, so a slot finds its triangle with one
-   `repeat` and its pixel from its offset. Pairs past the capacity are dropped and counted in
-   `Fragments.fragments_dropped`, never silently.
+2. Fragments: every (triangle, pixel of its box) pair is a slot in one virtual list, a triangle's
+   slots consecutive (offsets by cumulative sum). A while loop walks that list `chunk_size`
+   slots at a time, only as far as the boxes need: a slot finds its triangle by binary search and
+   its pixel from its offset in the box. No capacity to overflow, and work ~ total box area.
 3. Coverage: edge functions at the pixel centre with a top-left style fill rule. Each edge is
    evaluated from its endpoints in a canonical (lexicographic) order, so two triangles sharing an
    edge get bitwise opposite values and a pixel centre on the edge belongs to exactly one of them.
-4. Depth test: scatter-min of camera z per pixel, then scatter-min of the face id among the
-   fragments that reached that depth (ties go to the lower face id).
+4. Depth test, per chunk: scatter-min of camera z into the z-buffer; pixels whose depth dropped
+   forget their face; then scatter-min of the face id among this chunk's fragments at the new
+   depth (exact ties go to the lower face id).
 5. Per pixel, the winning face gives perspective-correct barycentrics and depth; attributes,
    normals, textures and SH shading are interpolated from those.
 Pixel centres and camera axes follow `rasterizer/types.py`; faces are counter-clockwise seen from
@@ -29,7 +30,7 @@ from sheap_jax import camera as camera_lib
 from sheap_jax import shading
 
 DEFAULT_NEAR = 0.01  # metres; triangles with a vertex closer than this are not drawn
-DEFAULT_FRAGMENTS_PER_PIXEL = 4  # default capacity: this many (triangle, pixel) pairs per pixel
+DEFAULT_CHUNK_SIZE = 32768  # (triangle, pixel) pairs depth-tested per loop step
 
 
 @struct.dataclass
@@ -39,8 +40,7 @@ class Fragments:
   face_ids: jnp.ndarray  # (H, W) int32 visible face, -1 for background
   barycentrics: jnp.ndarray  # (H, W, 3) perspective-correct weights of the face's vertices
   depth: jnp.ndarray  # (H, W) camera-space z, 0 for background
-  fragments_total: jnp.ndarray  # () int32 (triangle, pixel) pairs the boxes asked for
-  fragments_dropped: jnp.ndarray  # () int32 pairs beyond max_fragments, not drawn
+  fragments: jnp.ndarray  # () int32 (triangle, pixel-in-box) pairs tested, a cost measure
 
   @property
   def mask(self) -> jnp.ndarray:
@@ -150,43 +150,49 @@ def _coverage(tris: _Triangles, face: jnp.ndarray, px: jnp.ndarray, py: jnp.ndar
   return inside, perspective / inv_depth, 1.0 / inv_depth[..., 0]
 
 
-@functools.partial(jax.jit, static_argnames=("near", "max_fragments"))
+@functools.partial(jax.jit, static_argnames=("near", "chunk_size"))
 def rasterize(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Camera, *,
               cull_backfaces: bool = False, near: float = DEFAULT_NEAR,
-              max_fragments: Optional[int] = None) -> Fragments:
+              chunk_size: int = DEFAULT_CHUNK_SIZE) -> Fragments:
   """Visible face, perspective-correct barycentrics and depth at every pixel of one image.
 
   vertices (V, 3) world, faces (F, 3) int, camera one (unbatched) `Camera`; vmap for batches.
-  `cull_backfaces` may be a traced bool. `max_fragments` (static) caps the (triangle, pixel)
-  pairs tested; the default is DEFAULT_FRAGMENTS_PER_PIXEL * H * W. Check `fragments_dropped`
-  when meshes are unusual.
+  `cull_backfaces` may be a traced bool. Fragments are tested `chunk_size` (static) at a time,
+  for as many chunks as the triangles' boxes need.
   """
   _check_mesh(vertices, faces, camera)
   width, height = camera.width, camera.height
-  capacity = max_fragments or DEFAULT_FRAGMENTS_PER_PIXEL * width * height
+  num_faces, num_pixels = faces.shape[0], width * height
   pixels, z = camera_lib.project_points(camera, vertices.astype(jnp.float32))
   tris = _setup_triangles(pixels, z, faces, width, height, near, cull_backfaces)
+  slot_end = jnp.cumsum(tris.count)
+  total = slot_end[-1]
 
-  num_faces = faces.shape[0]
-  first_slot = jnp.cumsum(tris.count) - tris.count
-  total = jnp.sum(tris.count)
-  slot = jnp.arange(capacity, dtype=jnp.int32)
-  face = jnp.repeat(jnp.arange(num_faces, dtype=jnp.int32), tris.count,
-                    total_repeat_length=capacity)
-  local = slot - first_slot[face]
-  box = tris.box[face]
-  box_width = jnp.maximum(box[:, 2] - box[:, 0] + 1, 1)
-  px = box[:, 0] + local % box_width
-  py = box[:, 1] + local // box_width
-  inside, _, depth = _coverage(tris, face, px, py)
-  inside &= slot < total
+  def depth_test_chunk(state):
+    start, zbuffer, winner = state
+    slot = start + jnp.arange(chunk_size, dtype=jnp.int32)
+    face = jnp.minimum(jnp.searchsorted(slot_end, slot, side="right"), num_faces - 1)
+    local = slot - (slot_end[face] - tris.count[face])
+    box = tris.box[face]
+    box_width = jnp.maximum(box[:, 2] - box[:, 0] + 1, 1)
+    px = box[:, 0] + local % box_width
+    py = box[:, 1] + local // box_width
+    inside, _, depth = _coverage(tris, face, px, py)
+    inside &= slot < total
+    pixel = jnp.where(inside, py * width + px, num_pixels)  # out of range: dropped by scatters
+    # Both scatters must see the same depth bits; the barrier stops XLA from recomputing (and
+    # maybe re-rounding, e.g. with fused multiply-adds) the depth inside each consumer.
+    depth, inside, pixel = jax.lax.optimization_barrier((depth, inside, pixel))
+    nearer = zbuffer.at[pixel].min(depth, mode="drop")
+    winner = jnp.where(nearer < zbuffer, num_faces, winner)  # pixels whose old winner lost
+    at_front = inside & (depth == nearer.at[pixel].get(mode="fill", fill_value=jnp.nan))
+    winner = winner.at[jnp.where(at_front, pixel, num_pixels)].min(face, mode="drop")
+    return start + chunk_size, nearer, winner
 
-  num_pixels = width * height
-  pixel = jnp.where(inside, py * width + px, num_pixels)  # out of range: dropped by the scatter
-  zbuffer = jnp.full((num_pixels,), jnp.inf, jnp.float32).at[pixel].min(depth, mode="drop")
-  nearest = inside & (depth == zbuffer.at[pixel].get(mode="fill", fill_value=jnp.nan))
-  winner = jnp.full((num_pixels,), num_faces, jnp.int32).at[
-      jnp.where(nearest, pixel, num_pixels)].min(face, mode="drop")
+  _, _, winner = jax.lax.while_loop(
+      lambda state: state[0] < total, depth_test_chunk,
+      (jnp.int32(0), jnp.full((num_pixels,), jnp.inf, jnp.float32),
+       jnp.full((num_pixels,), num_faces, jnp.int32)))
   face_ids = jnp.where(winner < num_faces, winner, -1).reshape(height, width)
 
   rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
@@ -196,8 +202,7 @@ def rasterize(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Came
       face_ids=face_ids,
       barycentrics=jnp.where(visible[..., None], barycentrics, 0.0),
       depth=jnp.where(visible, pixel_depth, 0.0),
-      fragments_total=total,
-      fragments_dropped=jnp.maximum(total - capacity, 0))
+      fragments=total)
 
 
 def interpolate(fragments: Fragments, faces: jnp.ndarray, attributes: jnp.ndarray) -> jnp.ndarray:
@@ -237,7 +242,7 @@ def sample_texture(texture: jnp.ndarray, uv: jnp.ndarray) -> jnp.ndarray:
   return top * (1.0 - fy) + bottom * fy
 
 
-@functools.partial(jax.jit, static_argnames=("near", "max_fragments"))
+@functools.partial(jax.jit, static_argnames=("near", "chunk_size"))
 def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Camera, *,
                 vertex_colors: Optional[jnp.ndarray] = None,
                 texture: Optional[jnp.ndarray] = None,
@@ -247,7 +252,7 @@ def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
                 background=0.0,
                 cull_backfaces: bool = False,
                 near: float = DEFAULT_NEAR,
-                max_fragments: Optional[int] = None) -> MeshImage:
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> MeshImage:
   """Renders one mesh: albedo from a UV texture (texture + uvs (T, 2) + uv_faces (F, 3)), from
   vertex colours (V, C), or white; SH shading with camera-frame normals when `sh_coeffs`
   (9, C) is given, unlit otherwise; composited over `background` (scalar, (C,) or (H, W, C)).
@@ -255,7 +260,7 @@ def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
   if texture is not None and (uvs is None or uv_faces is None):
     raise ValueError("sheap_jax/mesh_render.py: a texture needs uvs (T, 2) and uv_faces (F, 3)")
   fragments = rasterize(vertices, faces, camera, cull_backfaces=cull_backfaces, near=near,
-                        max_fragments=max_fragments)
+                        chunk_size=chunk_size)
   if texture is not None:
     albedo = sample_texture(texture, interpolate(fragments, uv_faces, uvs))
   elif vertex_colors is not None:
