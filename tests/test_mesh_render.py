@@ -47,6 +47,7 @@ def _ray_cast(camera, vertices, faces):
   margin = np.minimum(np.minimum(u, v), 1.0 - u - v)
   hit = (margin >= 0) & (t > 0)
   depth_all = np.where(hit, t, np.inf)
+  depth_all = np.concatenate([depth_all, np.full_like(depth_all[:, :1], np.inf)], 1)  # 2+ columns
   order = np.argsort(depth_all, axis=1)
   nearest = order[:, 0]
   depth = np.take_along_axis(depth_all, order[:, :2], axis=1)
@@ -170,7 +171,7 @@ def test_sphere_matches_exact_ray_triangle_intersection(sphere_scene):
   assert ambiguous.mean() < 0.05 and (ids >= 0).mean() > 0.3
   np.testing.assert_array_equal(np.asarray(fragments.face_ids)[clear], ids[clear])
   hit = np.asarray(fragments.face_ids) >= 0
-  assert np.all((ids >= 0) == hit | ambiguous)
+  assert np.all(((ids >= 0) == hit) | ambiguous)
   both = hit & (ids >= 0)
   np.testing.assert_allclose(np.asarray(fragments.depth)[both], depth[both], rtol=1e-4)
   assert np.all(np.asarray(fragments.depth)[~hit] == 0)
@@ -213,15 +214,19 @@ def test_nearer_triangle_wins_whatever_the_submission_order():
     vertices = np.concatenate([first, second]).astype(np.float32)
     faces = np.array([[0, 1, 2], [3, 4, 5]], np.int32)
     results.append(mesh_render.rasterize(jnp.asarray(vertices), jnp.asarray(faces), camera))
-  near_in_first = np.where(results[0].face_ids == 0, 1, np.where(results[0].face_ids == 1, 2, 0))
-  near_in_second = np.where(results[1].face_ids == 1, 1, np.where(results[1].face_ids == 0, 2, 0))
-  np.testing.assert_array_equal(near_in_first, near_in_second)
+  # Which triangle shows at each pixel: 1 the near one, 2 the far one, 0 none.
+  labels = [np.select([r.face_ids == near_id, r.face_ids == 1 - near_id], [1, 2], 0)
+            for r, near_id in zip(results, (0, 1))]
+  np.testing.assert_array_equal(labels[0], labels[1])
   np.testing.assert_array_equal(results[0].depth, results[1].depth)
-  ids, depth, ambiguous = _ray_cast(camera, np.concatenate([near, far]),
-                                    np.array([[0, 1, 2], [3, 4, 5]]))
-  overlap_hidden = (near_in_first == 1) & ~ambiguous
-  assert overlap_hidden.sum() > 100
-  np.testing.assert_array_equal(ids[~ambiguous], np.asarray(results[0].face_ids)[~ambiguous])
+  one_face = np.array([[0, 1, 2]])
+  near_ids, _, near_unclear = _ray_cast(camera, near.astype(np.float32), one_face)
+  far_ids, _, far_unclear = _ray_cast(camera, far.astype(np.float32), one_face)
+  clear = ~near_unclear & ~far_unclear
+  overlap = (near_ids >= 0) & (far_ids >= 0) & clear
+  far_only = (near_ids < 0) & (far_ids >= 0) & clear
+  assert overlap.sum() > 100 and far_only.sum() > 10
+  assert np.all(labels[0][overlap] == 1) and np.all(labels[0][far_only] == 2)
 
 
 def test_interpenetrating_triangle_soup_matches_ray_casting():
@@ -249,6 +254,8 @@ def test_backface_culling_follows_flame_winding_under_the_default_camera():
   both = mesh_render.rasterize(triangle, back, camera)
   assert drawn.mask.sum() > 100 and culled.mask.sum() == 0
   np.testing.assert_array_equal(both.mask, drawn.mask)
+  behind = triangle.at[0, 2].set(1.5)  # that vertex is 1.5 m behind the camera: not drawn
+  assert mesh_render.rasterize(behind, front, camera).mask.sum() == 0
   # A closed convex mesh looks the same with and without culling, from fewer fragments.
   vertices, faces = _icosphere(2)
   vertices = jnp.asarray(vertices * 0.08)
