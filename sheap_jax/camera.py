@@ -7,6 +7,7 @@ FLAME's head frame (x to the subject's left, y up, z out of the face) meets thos
 from typing import Optional, Tuple
 
 from flax import struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -86,7 +87,8 @@ def flame_viewmat(head_translation: Optional[jnp.ndarray] = None,
   rotation = jnp.asarray(FLAME_TO_OPENCV)
   translation = jnp.array([0.0, 0.0, distance], jnp.float32)
   if head_translation is not None:
-    translation = translation + rotation @ jnp.asarray(head_translation, jnp.float32)
+    translation = translation + jnp.dot(rotation, jnp.asarray(head_translation, jnp.float32),
+                                        precision=jax.lax.Precision.HIGHEST)
   top = jnp.concatenate([rotation, translation[:, None]], axis=1)
   return jnp.concatenate([top, jnp.array([[0.0, 0.0, 0.0, 1.0]], jnp.float32)], axis=0)
 
@@ -100,14 +102,21 @@ def default_camera(width: int = 224, height: int = 224,
 
 
 def world_to_camera(viewmat: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:
-  """Applies a (4, 4) world-to-camera transform to (..., 3) points."""
-  return points @ viewmat[:3, :3].T + viewmat[:3, 3]
+  """Applies a (4, 4) world-to-camera transform to (..., 3) points.
+
+  Full float32 precision: GPUs (TF32) and TPUs (bfloat16) would otherwise round the matmul.
+  """
+  rotated = jnp.einsum("...j,ij->...i", points, viewmat[:3, :3],
+                       precision=jax.lax.Precision.HIGHEST)
+  return rotated + viewmat[:3, 3]
 
 
-def project(K: jnp.ndarray, points_camera: jnp.ndarray) -> jnp.ndarray:  # pylint: disable=invalid-name
+def project(K: jnp.ndarray,  # pylint: disable=invalid-name
+            points_camera: jnp.ndarray) -> jnp.ndarray:
   """(..., 3) camera-space points -> (..., 2) pixel coordinates (x = column, y = row)."""
-  z = points_camera[..., 2:3]
-  return (points_camera[..., :2] / z) @ K[:2, :2].T + K[:2, 2]
+  x = points_camera[..., 0] / points_camera[..., 2]
+  y = points_camera[..., 1] / points_camera[..., 2]
+  return jnp.stack([K[0, 0] * x + K[0, 1] * y + K[0, 2], K[1, 1] * y + K[1, 2]], axis=-1)
 
 
 def project_points(camera: Camera, points: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:

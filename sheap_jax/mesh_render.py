@@ -211,7 +211,7 @@ def interpolate(fragments: Fragments, faces: jnp.ndarray, attributes: jnp.ndarra
   Pass the position faces with per-vertex data, or FLAME's `ft` with its `vt` for UVs.
   """
   corner_values = attributes[faces[jnp.maximum(fragments.face_ids, 0)]]  # (H, W, 3, C)
-  values = jnp.einsum("hwk,hwkc->hwc", fragments.barycentrics, corner_values)
+  values = jnp.sum(fragments.barycentrics[..., None] * corner_values, axis=-2)
   return jnp.where(fragments.face_ids[..., None] >= 0, values, 0.0)
 
 
@@ -267,7 +267,8 @@ def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
     albedo = interpolate(fragments, faces, vertex_colors)
   else:
     albedo = jnp.ones((camera.height, camera.width, 1), jnp.float32)
-  normals_camera = vertex_normals(vertices, faces) @ camera.viewmat[:3, :3].T
+  rotation_only = camera.viewmat.at[:3, 3].set(0.0)
+  normals_camera = camera_lib.world_to_camera(rotation_only, vertex_normals(vertices, faces))
   normals = interpolate(fragments, faces, normals_camera)
   length = jnp.linalg.norm(normals, axis=-1, keepdims=True)
   normals = normals / jnp.where(length > 0, length, 1.0)

@@ -10,6 +10,7 @@ albedo * E / pi, so an environment of constant radiance 1 leaves the albedo unch
 Directions (normals, light directions) may be in any frame, as long as the coefficients and
 normals share it; the renderers use the OpenCV camera frame (x right, y down, z forward).
 """
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -46,7 +47,8 @@ def _check_coeffs(sh_coeffs: jnp.ndarray) -> None:
 def sh_irradiance(normals: jnp.ndarray, sh_coeffs: jnp.ndarray) -> jnp.ndarray:
   """Irradiance E(n) (..., C) at unit normals (..., 3) under radiance coefficients (9, C)."""
   _check_coeffs(sh_coeffs)
-  return sh_basis(normals) @ (CLAMPED_COSINE_BANDS[:, None] * sh_coeffs)
+  return jnp.matmul(sh_basis(normals), CLAMPED_COSINE_BANDS[:, None] * sh_coeffs,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def shade(albedo: jnp.ndarray, normals: jnp.ndarray, sh_coeffs: jnp.ndarray) -> jnp.ndarray:
