@@ -69,9 +69,10 @@ def _check_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
   if vertices.ndim != 2 or vertices.shape[-1] != 3:
     raise ValueError("sheap_jax/mesh_render.py: vertices must be (V, 3), got "
                      f"{tuple(vertices.shape)} (vmap over a batch)")
-  if faces.ndim != 2 or faces.shape[-1] != 3 or not jnp.issubdtype(faces.dtype, jnp.integer):
-    raise ValueError("sheap_jax/mesh_render.py: faces must be an integer (F, 3) array, got "
-                     f"{faces.dtype} {tuple(faces.shape)}")
+  if (faces.ndim != 2 or faces.shape[-1] != 3 or faces.shape[0] == 0
+      or not jnp.issubdtype(faces.dtype, jnp.integer)):
+    raise ValueError("sheap_jax/mesh_render.py: faces must be a non-empty integer (F, 3) array, "
+                     f"got {faces.dtype} {tuple(faces.shape)}")
   if camera.K.shape != (3, 3) or camera.viewmat.shape != (4, 4):
     raise ValueError("sheap_jax/mesh_render.py: rasterize draws one camera; vmap over a batch "
                      f"(got K {tuple(camera.K.shape)}, viewmat {tuple(camera.viewmat.shape)})")

@@ -156,10 +156,16 @@ def test_shared_edges_leave_no_holes_and_no_double_coverage(pixel_aligned):
 
 @pytest.fixture(scope="module")
 def sphere_scene():
+  """A tessellated sphere seen by a camera with a random pose."""
+  rng = np.random.default_rng(8)
   vertices, faces = _icosphere(3)
-  centre = np.array([0.1, -0.05, 4.0], np.float32)
+  centre = rng.normal(size=3).astype(np.float32)
   vertices = vertices * 0.9 + centre
-  camera = _camera(focal=70.0)
+  rotation = Rotation.random(random_state=rng).as_matrix()
+  viewmat = np.eye(4)
+  viewmat[:3, :3] = rotation
+  viewmat[:3, 3] = np.array([0.1, -0.05, 4.0]) - rotation @ centre
+  camera = _camera(focal=70.0, viewmat=viewmat)
   fragments = mesh_render.rasterize(jnp.asarray(vertices), jnp.asarray(faces), camera)
   return vertices, faces, centre, camera, fragments
 
@@ -194,7 +200,7 @@ def test_barycentrics_reproduce_positions_depth_and_normals(sphere_scene):
                              np.asarray(fragments.depth)[hit], rtol=1e-5)
   # Shaded render: smooth camera-space normals close to the sphere's outward normal.
   image = mesh_render.render_mesh(jnp.asarray(vertices), jnp.asarray(faces), camera)
-  true_normals = (np.asarray(positions) - centre) / 0.9
+  true_normals = (np.asarray(positions) - centre) / 0.9 @ np.asarray(camera.viewmat)[:3, :3].T
   cosines = np.sum(np.asarray(image.normals) * true_normals, -1)[hit]
   assert cosines.min() > 0.995
 
