@@ -146,7 +146,7 @@ def test_shared_edges_leave_no_holes_and_no_double_coverage(pixel_aligned):
     faces = _grid_faces(len(coords) - 1, len(coords) - 1)
   else:
     camera = _camera(width=24, height=24)
-    vertices, faces, _, _ = _plane_through_image(rng, camera, grid=5, jitter=0.35)
+    vertices, faces, _, _ = _plane_through_image(rng, camera, grid=8, jitter=0.35)
   counts = _coverage_counts(jnp.asarray(vertices), faces, camera)
   np.testing.assert_array_equal(counts.sum(0), 1.0)
   # The full render shows, at every pixel, the one triangle that covers it.
@@ -306,7 +306,7 @@ def test_textured_plane_is_perspective_correct_and_shaded():
 
 
 def test_vmap_over_a_batch_and_chunking_do_not_change_the_image():
-  vertices, faces = _icosphere(1)
+  vertices, faces = _icosphere(2)
   rng = np.random.default_rng(6)
   shifts = np.concatenate([rng.uniform(-0.3, 0.3, (3, 2)), rng.uniform(3, 4, (3, 1))], -1)
   batch_vertices = jnp.asarray(vertices[None] + shifts[:, None], jnp.float32)
