@@ -88,14 +88,16 @@ def load(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   return config, params
 
 
-def load_or_init(path: Optional[str], variant: str = "vits14", registers: bool = False,
+def load_or_init(path: Optional[str], config: Optional[Dict[str, Any]] = None,
                  seed: int = 0) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """Converted weights from `path`, or (path None) a seeded random initialisation, with a warning."""
+  """Converted weights from `path`, or (path None) a seeded random initialisation of `config`
+  (default ViT-S/14), with a warning that the features are not DINOv2's."""
   if path:
     return load(path)
-  warnings.warn(f"no DINOv2 weights given: using a random initialisation of {variant} "
-                f"(seed {seed}); its features are not DINOv2's", stacklevel=2)
-  config = dinov2_config(variant, registers)
+  config = config or dinov2_config("vits14")
+  warnings.warn(f"no DINOv2 weights given: using a random initialisation (seed {seed}, width "
+                f"{config['width']}, depth {config['depth']}); its features are not DINOv2's",
+                stacklevel=2)
   p = config["patch_size"]
   params = jax.jit(build(config).init)(jax.random.PRNGKey(seed), jnp.zeros((1, p, p, 3)))["params"]
   return config, params
