@@ -192,19 +192,22 @@ def test_frozen_features_normalise_and_block_gradients():
   with pytest.warns(UserWarning, match="random initialisation"):
     config, params = dinov2.load_or_init(None, config, seed=0)
   model = dinov2.build(config)
-  images = jax.random.uniform(jax.random.PRNGKey(1), (1, 28, 42, 3))
+  images = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 28, 42, 3)), jnp.float32)
 
   def loss(p, img):
     out = dinov2.frozen_features(model, p, img)
-    return jnp.sum(out.patch_tokens ** 2) + jnp.sum(out.cls_token)
+    return jnp.sum(out.patch_tokens ** 2) + jnp.sum(out.cls_token), out
 
-  value, (g_params, g_images) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, images)
+  def unfrozen(p, img):
+    return model.apply({"params": p}, (img - jnp.asarray(dinov2.IMAGENET_MEAN)) /
+                       jnp.asarray(dinov2.IMAGENET_STD))
+
+  (value, out), (g_params, g_images) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1),
+                                                                  has_aux=True))(params, images)
   assert np.isfinite(value)
   assert all(not np.any(g) for g in jax.tree_util.tree_leaves(g_params))
   assert not np.any(g_images)
-  out = jax.jit(dinov2.frozen_features, static_argnums=0)(model, params, images)
-  std = (np.asarray(images) - np.array(dinov2.IMAGENET_MEAN)) / np.array(dinov2.IMAGENET_STD)
-  ref = jax.jit(model.apply)({"params": params}, jnp.asarray(std, jnp.float32))
+  ref = jax.jit(unfrozen)(params, images)
   np.testing.assert_allclose(out.patch_tokens, ref.patch_tokens, atol=1e-5)
   assert out.register_tokens.shape == (1, 4, 32) and out.grid == (2, 3)
 
@@ -254,6 +257,12 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
   state["norm.bias"] = torch.zeros(128)
   torch.save(state, broken)
   with pytest.raises(convert_dinov2.CheckpointError, match=r"missing keys \['blocks.1.attn.proj.weight'\]"):
+    convert_dinov2.convert(str(broken))
+  state["blocks.1.attn.proj.weight"] = torch.zeros(128, 128)
+
+  state["head.weight"] = torch.zeros(10, 128)
+  torch.save(state, broken)
+  with pytest.warns(UserWarning, match=r"ignoring 1 checkpoint entries .*'head.weight'"):
     convert_dinov2.convert(str(broken))
 
   monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -238,8 +239,24 @@ def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> 
   )
 
 
+class _ReadTracker(dict):
+  """A dict that remembers which keys were read, to report checkpoint entries left unused."""
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    self.read = set()
+
+  def __getitem__(self, key):
+    self.read.add(key)
+    return super().__getitem__(key)
+
+
 def to_flax(tensors: Checkpoint, config: Dict[str, Any], source: str) -> Dict[str, Any]:
-  """Official-layout tensors -> the VisionTransformer param tree (numpy float32)."""
+  """Official-layout tensors -> the VisionTransformer param tree (numpy float32).
+
+  Warns about entries it does not use (other than `mask_token`), e.g. a classifier head.
+  """
+  tensors = _ReadTracker(tensors)
   width = config["width"]
   side = config["pos_embed_grid"][0]
   pos = tensors["pos_embed"].reshape(1, -1, width)
@@ -275,6 +292,10 @@ def to_flax(tensors: Checkpoint, config: Dict[str, Any], source: str) -> Dict[st
       block["ls1"] = {"gamma": tensors[f"{b}.ls1.gamma"]}
       block["ls2"] = {"gamma": tensors[f"{b}.ls2.gamma"]}
     params[f"block_{i}"] = block
+  unused = sorted(set(tensors) - tensors.read - {"mask_token"})
+  if unused:
+    warnings.warn(f"{source}: ignoring {len(unused)} checkpoint entries not part of the encoder: "
+                  f"{unused[:8]}", stacklevel=3)
   return params
 
 
@@ -294,6 +315,9 @@ def convert(path: str, num_heads: Optional[int] = None) -> Tuple[Dict[str, Any],
     tensors = _timm_to_official(tensors)
   config = infer_config(tensors, num_heads, path)
   if layout == "hf":
+    if hf_config.get("hidden_act", "gelu") != "gelu":
+      raise CheckpointError(f"{path}: hidden_act {hf_config['hidden_act']!r} is not supported "
+                            "(DINOv2 uses exact GELU)")
     config["layer_norm_eps"] = float(hf_config.get("layer_norm_eps", 1e-6))
     source = "hf_dinov2_registers" if config["num_registers"] else "hf_dinov2"
   elif layout == "official":
