@@ -231,7 +231,7 @@ def test_official_variant_sizes():
     dinov2.dinov2_config("vitx14")
 
 
-def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
+def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch, capsys):
   junk = tmp_path / "junk.pth"
   junk.write_text("not a checkpoint")
   with pytest.raises(convert_dinov2.CheckpointError, match="junk.pth"):
@@ -252,11 +252,13 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
   del state["blocks.1.attn.proj.weight"], state["norm.bias"]
   broken = tmp_path / "broken.pth"
   torch.save(state, broken)
-  with pytest.raises(convert_dinov2.CheckpointError, match=r"broken.pth: missing keys \['norm.bias'\]"):
+  missing = r"broken.pth: missing keys \['norm.bias'\]"
+  with pytest.raises(convert_dinov2.CheckpointError, match=missing):
     convert_dinov2.convert(str(broken))
   state["norm.bias"] = torch.zeros(128)
   torch.save(state, broken)
-  with pytest.raises(convert_dinov2.CheckpointError, match=r"missing keys \['blocks.1.attn.proj.weight'\]"):
+  missing = r"missing keys \['blocks.1.attn.proj.weight'\]"
+  with pytest.raises(convert_dinov2.CheckpointError, match=missing):
     convert_dinov2.convert(str(broken))
   state["blocks.1.attn.proj.weight"] = torch.zeros(128, 128)
 
@@ -279,3 +281,6 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
     dinov2.load(str(bogus))
   with pytest.raises(FileNotFoundError, match="missing.msgpack"):
     dinov2.load(str(tmp_path / "missing.msgpack"))
+  with pytest.raises(SystemExit):
+    dinov2.main(["convert", str(foreign), str(tmp_path / "out.msgpack")])
+  assert "foreign.pth: not a DINOv2 checkpoint" in capsys.readouterr().err

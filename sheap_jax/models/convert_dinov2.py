@@ -1,4 +1,4 @@
-"""Read DINOv2 checkpoints (official PyTorch, timm, Hugging Face) into `vit.VisionTransformer` params.
+"""Read DINOv2 checkpoints (official PyTorch, timm, Hugging Face) as `vit.VisionTransformer` params.
 
 Three layouts are understood, recognised from the keys:
 - official (facebookresearch/dinov2 `dinov2_vit*14*_pretrain.pth`): `cls_token`, `pos_embed` with a
@@ -114,8 +114,9 @@ _HF_RENAMES = [
     (r"\.mlp\.weights_in\.", ".mlp.w12."),
     (r"^layernorm\.", "norm."),
 ]
-_HF_SPLIT = re.compile(r"^(blocks\.\d+)\.(?:attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|"
-                       r"v_proj)|mlp\.(gate_proj|up_proj))\.(weight|bias)$")
+_HF_SPLIT = re.compile(r"^(blocks\.\d+)\.(?:attention\.(?:attention\.)?"
+                       r"(query|key|value|q_proj|k_proj|v_proj)|mlp\.(gate_proj|up_proj))"
+                       r"\.(weight|bias)$")
 _QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}
 _GATE_UP_ORDER = {"gate_proj": 0, "up_proj": 1}
 
@@ -142,7 +143,8 @@ def _hf_to_official(tensors: Checkpoint, source: str) -> Checkpoint:
   for fused, parts in pieces.items():
     expected = 3 if ".qkv." in fused else 2
     if sorted(parts) != list(range(expected)):
-      raise CheckpointError(f"{source}: {fused} has only {len(parts)} of its {expected} projections")
+      raise CheckpointError(f"{source}: {fused} has only {len(parts)} of its {expected} "
+                            "projections")
     out[fused] = np.concatenate([parts[i] for i in range(expected)], axis=0)
   return out
 
@@ -208,7 +210,8 @@ def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> 
   _require(tensors, ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
                      "norm.weight", "norm.bias"], source)
   width = tensors["cls_token"].shape[-1]
-  blocks = sorted({int(m.group(1)) for k in tensors for m in [re.match(r"^blocks\.(\d+)\.", k)] if m})
+  blocks = sorted({int(m.group(1)) for m in (re.match(r"^blocks\.(\d+)\.", k) for k in tensors)
+                   if m})
   if not blocks or blocks != list(range(len(blocks))):
     raise CheckpointError(f"{source}: transformer blocks must be numbered 0..N-1, found {blocks}")
   swiglu = "blocks.0.mlp.w12.weight" in tensors
