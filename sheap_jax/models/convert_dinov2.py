@@ -16,7 +16,7 @@ The variant (width, depth, heads, registers, feed-forward kind and size, qkv bia
 inferred from the weights; heads come from the HF config when there is one, else from DINOv2's
 head size of 64. The position-embedding interpolation defaults to what the source's own code does:
 official without registers: interpolate_offset 0.1, no antialiasing; official with registers, timm
-and HF Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers >= 4.45): exact size,
+and HF Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers 5.24): exact size,
 not antialiased. `mask_token` (used only for masked pretraining) is dropped.
 """
 import json
