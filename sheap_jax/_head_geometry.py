@@ -110,8 +110,8 @@ def _mirror(points, centre, axes):
 
 def head_sdf(points):
   """Signed distance (negative inside) of the head and neck without lips and lids."""
-  d = _ellipsoid(points, np.array([0.0, 0.035, -0.0075]), np.array([0.074, 0.106, 0.096]))
-  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, -0.022, 0.018]),
+  d = _ellipsoid(points, np.array([0.0, 0.035, -0.0075]), np.array([0.0765, 0.106, 0.095]))
+  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, -0.019, 0.018]),
                                 np.array([0.060, 0.066, 0.070])), 0.02)
   d = _smooth_min(d, _neck(points), 0.03)
   d = _smooth_min(d, _mirror(points, np.array([0.046, -0.046, 0.004]),
@@ -120,11 +120,11 @@ def head_sdf(points):
                              np.array([0.022, 0.016, 0.024])), 0.012)  # cheekbones
   d = _smooth_min(d, _ellipsoid(points, np.array([0.0, 0.046, 0.07]),
                                 np.array([0.056, 0.013, 0.02])), 0.012)  # brow ridge
-  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, -0.07, 0.068]),
+  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, -0.066, 0.068]),
                                 np.array([0.02, 0.014, 0.015])), 0.014)  # chin
   d = _smooth_min(d, _mirror(points, np.array([0.07, 0.006, -0.012]),
                              np.array([0.012, 0.03, 0.017])), 0.008)  # ears (simple lobes)
-  nose = _ellipsoid(points, np.array([0.0, 0.012, 0.09]), np.array([0.0085, 0.026, 0.014]))
+  nose = _ellipsoid(points, np.array([0.0, 0.008, 0.09]), np.array([0.0085, 0.022, 0.014]))
   nose = _smooth_min(nose, _ellipsoid(points, np.array([0.0, -0.004, 0.1]),
                                       np.array([0.009, 0.009, 0.0105])), 0.006)
   nose = _smooth_min(nose, _mirror(points, np.array([0.013, -0.009, 0.088]),
@@ -141,21 +141,18 @@ def eye_centres():
   return np.stack([EYE_CENTRE_LEFT, EYE_CENTRE_LEFT * np.array([-1.0, 1.0, 1.0])])
 
 
-def _cast(directions, sdf, max_radius=0.32, step=0.0015, bisections=30):
+def _cast(directions, sdf, max_radius=0.24, step=0.002, bisections=24):
   """Distance from RAY_ORIGIN to the outermost zero crossing of `sdf` along each direction."""
-  radii = np.arange(max_radius, 0.0, -step)
-  far = np.full(len(directions), max_radius)
-  found = np.zeros(len(directions), bool)
-  for r in radii:  # march inwards until first inside
-    inside = sdf(RAY_ORIGIN + r * directions) < 0.0
-    newly = inside & ~found
-    far[newly] = r
-    found |= inside
-    if found.all():
+  far = np.full(len(directions), np.nan)
+  for r in np.arange(max_radius, 0.0, -step):  # march inwards until first inside
+    todo = np.flatnonzero(np.isnan(far))
+    if not len(todo):
       break
-  if not found.all():
+    inside = sdf(RAY_ORIGIN + r * directions[todo]) < 0.0
+    far[todo[inside]] = r
+  if np.isnan(far).any():
     raise ValueError("built-in head: a ray from the head origin misses the surface")
-  lo, hi = far.copy(), far + step
+  lo, hi = far, far + step
   for _ in range(bisections):
     mid = 0.5 * (lo + hi)
     inside = sdf(RAY_ORIGIN + mid[:, None] * directions) < 0.0
