@@ -25,11 +25,15 @@ JAW_JOINT_TARGETS = np.array([[0.066, -0.002, 0.014], [-0.066, -0.002, 0.014]])
 # Anthropometric targets (adult survey means / sds, metres): breadth, length, face height.
 DIMENSION_SD_TARGETS = {"head_breadth": 0.006, "head_length": 0.007, "face_height": 0.007}
 
-SHAPE_MODE_NAMES = ("face height", "head length", "head width", "jaw width", "nose length",
-                    "crown height", "chin protrusion", "cheekbone prominence", "eye spacing",
-                    "nose width", "lip fullness", "brow ridge")
-EXPRESSION_MODE_NAMES = ("mouth open", "smile", "brow raise", "frown", "pucker", "lip stretch",
-                         "cheek puff", "left smirk", "squint")
+# Leading modes, in order, with their peak vertex displacement at one standard deviation
+# (metres). None: scaled so the head dimensions match DIMENSION_SD_TARGETS.
+SHAPE_MODES = (("face height", None), ("head length", None), ("head width", None),
+               ("crown height", 0.004), ("jaw width", 0.003), ("cheekbone prominence", 0.0025),
+               ("chin protrusion", 0.003), ("eye spacing", 0.0015), ("lip fullness", 0.002),
+               ("brow ridge", 0.002), ("nose length", 0.0025), ("nose width", 0.0015))
+EXPRESSION_MODES = (("mouth open", 0.006), ("smile", 0.005), ("brow raise", 0.0047),
+                    ("pucker", 0.004), ("lip stretch", 0.004), ("cheek puff", 0.004),
+                    ("left smirk", 0.0037), ("frown", 0.004), ("squint", 0.0025))
 _SHAPE_SEED, _EXPRESSION_SEED, _POSE_SEED = 20250, 20251, 20252
 
 
@@ -103,8 +107,8 @@ def _jaw_weight(geo):
   v = geo.vertices
   x, y, z = np.abs(v[:, 0]), v[:, 1], v[:, 2]
   lateral = np.maximum(x - geometry.MOUTH_HALF_WIDTH, 0.0)
-  boundary = geometry.STOMION[1] + 0.6 * lateral
-  band = 0.003 + 0.5 * lateral
+  boundary = np.minimum(geometry.STOMION[1] + 0.6 * lateral, -0.015)
+  band = np.minimum(0.003 + 0.5 * lateral, 0.012)  # the blend ends below the cheekbones
   w = _smoothstep(0.5 + (boundary - y) / (2.0 * band))
   w *= _smoothstep((z + 0.005) / 0.03)  # nothing behind the jaw joint
   w *= _smoothstep((y - _jaw_line(z) + 0.03) / 0.025)  # fades into the neck below the jaw
@@ -160,8 +164,9 @@ def _eyelid_blendshapes(geo):
     rim = geometry.EYEBALL_RADIUS + geometry.LID_GAP + geometry.LID_THICKNESS
     falloff = np.exp(-((psi - margin_psi) / 0.7) ** 2)
     falloff *= np.exp(-(np.maximum(radius - rim, 0.0) / 0.003) ** 2)
+    falloff = np.where(falloff > 1e-4, falloff, 0.0)  # strictly local
     w = np.where(upper_skin | upper_lining, falloff, 0.0) * angle
-    c, s = np.cos(-w), np.sin(-w)
+    c, s = np.cos(w), np.sin(w)  # R_x(w) lowers the azimuth psi by w
     moved = np.stack([q[:, 0], c * q[:, 1] - s * q[:, 2], s * q[:, 1] + c * q[:, 2]], -1)
     out[eye] = moved - q
   return out
@@ -184,70 +189,75 @@ def _eye_rigid(geo, field):
 
 
 def _shape_fields():
-  """Leading identity modes as smooth displacement fields (callables on (N, 3) points);
-  amplitudes here are only starting points, the basis is rescaled afterwards."""
+  """Leading identity modes as smooth displacement fields (callables on (N, 3) points), by
+  name; their size is set later from SHAPE_MODES."""
   above_neck = lambda p: _smoothstep((p[:, 1] + 0.13) / 0.07)
   front = lambda p: _smoothstep((p[:, 2] + 0.01) / 0.06)
   zero = lambda p: np.zeros(len(p))
   vec = lambda x, y, z: np.stack([x, y, z], -1)
-  nose_centre = np.array([0.0, 0.0, 0.1])
-  return (
-      lambda p: vec(zero(p), _soft_min(p[:, 1] - 0.035, 0.0, 0.02) * front(p), zero(p)),
-      lambda p: vec(zero(p), zero(p), _soft_min(p[:, 2] - 0.03, 0.0, 0.03) * above_neck(p)),
-      lambda p: vec(p[:, 0] * above_neck(p), zero(p), zero(p)),
-      lambda p: vec(p[:, 0] * np.exp(-0.5 * ((p[:, 1] + 0.05) / 0.03) ** 2) * front(p),
-                    zero(p), zero(p)),
-      lambda p: (_gauss(p, nose_centre, 0.016)[:, None] * np.array([0.0, -0.3, 1.0])),
-      lambda p: vec(zero(p), np.maximum(p[:, 1] - 0.02, 0.0) * _smoothstep(-p[:, 2] / 0.05 + 1.5),
-                    zero(p)),
-      lambda p: _gauss(p, np.array([0.0, -0.072, 0.075]), 0.018)[:, None] * np.array(
-          [0.0, -0.2, 1.0]),
-      lambda p: _mirror_gauss(p, np.array([0.05, 0.008, 0.055]), 0.016)[:, None] * vec(
-          np.sign(p[:, 0]), zero(p), np.full(len(p), 0.5)),
-      lambda p: _mirror_gauss(p, geometry.EYE_CENTRE_LEFT, 0.02)[:, None] * vec(
+  along = lambda weight, direction: weight[:, None] * np.asarray(direction)
+  return {
+      "face height": lambda p: vec(zero(p), _soft_min(p[:, 1] - 0.035, 0.0, 0.02) * front(p),
+                                   zero(p)),
+      "head length": lambda p: vec(zero(p), zero(p),
+                                   _soft_min(p[:, 2] - 0.03, 0.0, 0.03) * above_neck(p)),
+      "head width": lambda p: vec(p[:, 0] * above_neck(p), zero(p), zero(p)),
+      "crown height": lambda p: vec(zero(p), np.maximum(p[:, 1] - 0.02, 0.0), zero(p)),
+      "jaw width": lambda p: vec(
+          p[:, 0] * np.exp(-0.5 * ((p[:, 1] + 0.05) / 0.03) ** 2) * front(p), zero(p), zero(p)),
+      "chin protrusion": lambda p: along(_gauss(p, np.array([0.0, -0.072, 0.075]), 0.018),
+                                         [0.0, -0.2, 1.0]),
+      "cheekbone prominence": lambda p: _mirror_gauss(
+          p, np.array([0.05, 0.008, 0.055]), 0.016)[:, None] * vec(
+              np.sign(p[:, 0]), zero(p), np.full(len(p), 0.5)),
+      "brow ridge": lambda p: along(_gauss(p, np.array([0.0, 0.047, 0.08]),
+                                          np.array([0.04, 0.008, 0.02])), [0.0, 0.0, 1.0]),
+      "nose length": lambda p: along(_gauss(p, np.array([0.0, 0.0, 0.1]), 0.016),
+                                     [0.0, -0.3, 1.0]),
+      "lip fullness": lambda p: along(_gauss(p, geometry.MOUTH_CAVITY_CENTRE + [0.0, 0.0, 0.03],
+                                             np.array([0.022, 0.011, 0.02])), [0.0, 0.0, 1.0]),
+      "eye spacing": lambda p: _mirror_gauss(p, geometry.EYE_CENTRE_LEFT, 0.02)[:, None] * vec(
           np.sign(p[:, 0]), zero(p), zero(p)),
-      lambda p: vec(p[:, 0] * _gauss(p, np.array([0.0, -0.006, 0.095]), 0.014), zero(p), zero(p)),
-      lambda p: _gauss(p, geometry.MOUTH_CAVITY_CENTRE + np.array([0.0, 0.0, 0.03]),
-                       np.array([0.022, 0.011, 0.02]))[:, None] * np.array([0.0, 0.0, 1.0]),
-      lambda p: _gauss(p, np.array([0.0, 0.047, 0.08]), np.array([0.04, 0.008, 0.02]))[:, None]
-      * np.array([0.0, 0.0, 1.0]),
-  )
+      "nose width": lambda p: vec(p[:, 0] * _gauss(p, np.array([0.0, -0.006, 0.095]), 0.014),
+                                  zero(p), zero(p)),
+  }
+
+
+def _away_from_eyes(geo):
+  """0 on the eyeballs, their linings and lid margins, rising to 1 a few mm out."""
+  v = geo.vertices
+  away = np.ones(len(v))
+  for centre in geo.eye_centres:
+    away *= _smoothstep((np.linalg.norm(v - centre, axis=-1) - 0.016) / 0.008)
+  return away
 
 
 def _expression_fields(geo, jaw):
-  """Leading expression modes: (V, 3) displacement fields on the rest mesh. The lower-lip side
-  is told apart from the upper by the jaw weight, so the lips can part."""
+  """Leading expression modes: (V, 3) displacement fields on the rest mesh, by name. The
+  lower lip is told apart from the upper by the jaw weight, so the lips can part."""
   v = geo.vertices
-  away_from_eyes = np.ones(len(v))
-  for centre in geo.eye_centres:
-    d = np.linalg.norm(v - centre, axis=-1)
-    away_from_eyes *= _smoothstep((d - 0.016) / 0.008)
   corners = np.array([geometry.MOUTH_HALF_WIDTH, geometry.STOMION[1], 0.078])
-  side = np.sign(v[:, 0])[:, None]
+  side = np.sign(v[:, 0])
+  vec = lambda x, y, z: np.stack(np.broadcast_arrays(x, y, z), -1)
   mouth = _gauss(v, np.array([0.0, geometry.STOMION[1], 0.085]), np.array([0.03, 0.016, 0.03]))
   corner = _mirror_gauss(v, corners, 0.013)
   brows = _mirror_gauss(v, np.array([0.03, 0.048, 0.075]), np.array([0.022, 0.012, 0.03]))
   inner_brows = _mirror_gauss(v, np.array([0.014, 0.044, 0.085]), 0.011)
   cheeks = _mirror_gauss(v, np.array([0.045, -0.02, 0.06]), 0.018)
-  lower_lid = _mirror_gauss(v, geometry.EYE_CENTRE_LEFT + np.array([0.0, -0.012, 0.01]), 0.008)
-  left_corner = _gauss(v, corners, 0.013)
-  fields = (
-      jaw[:, None] * _smoothstep((v[:, 2] + 0.0) / 0.04)[:, None] * np.array([0.0, -1.0, -0.3]),
-      corner[:, None] * np.concatenate([0.5 * side, np.full_like(side, 0.8),
-                                        np.full_like(side, -0.4)], 1)
-      + 0.4 * cheeks[:, None] * np.array([0.0, 1.0, 0.3]),
-      brows[:, None] * np.array([0.0, 1.0, 0.1]),
-      inner_brows[:, None] * np.concatenate([-0.6 * side, np.full_like(side, -1.0),
-                                             np.zeros_like(side)], 1),
-      mouth[:, None] * np.stack([-8.0 * v[:, 0], np.zeros(len(v)), np.full(len(v), 0.8)], -1),
-      corner[:, None] * np.concatenate([side, np.full_like(side, -0.2), np.full_like(side, -0.3)],
-                                       1),
-      cheeks[:, None] * np.concatenate([side, np.zeros_like(side), np.full_like(side, 0.5)], 1),
-      left_corner[:, None] * np.array([0.3, 0.8, -0.3]),
-      lower_lid[:, None] * np.array([0.0, 1.0, 0.2]) + 0.5 * cheeks[:, None] * np.array(
+  lower_lids = _mirror_gauss(v, geometry.EYE_CENTRE_LEFT + np.array([0.0, -0.012, 0.01]), 0.008)
+  return {
+      "mouth open": (jaw * _smoothstep(v[:, 2] / 0.04))[:, None] * np.array([0.0, -1.0, -0.3]),
+      "smile": corner[:, None] * vec(0.5 * side, 0.8, -0.4) + 0.4 * cheeks[:, None] * np.array(
+          [0.0, 1.0, 0.3]),
+      "brow raise": brows[:, None] * np.array([0.0, 1.0, 0.1]),
+      "frown": inner_brows[:, None] * vec(-0.6 * side, -1.0, 0.0),
+      "pucker": mouth[:, None] * vec(-8.0 * v[:, 0], 0.0, 0.8),
+      "lip stretch": corner[:, None] * vec(side, -0.2, -0.3),
+      "cheek puff": cheeks[:, None] * vec(side, 0.0, 0.5),
+      "left smirk": _gauss(v, corners, 0.013)[:, None] * np.array([0.3, 0.8, -0.3]),
+      "squint": lower_lids[:, None] * np.array([0.0, 1.0, 0.2]) + 0.5 * cheeks[:, None] * np.array(
           [0.0, 1.0, 0.0]),
-  )
-  return [f * away_from_eyes[:, None] for f in fields]
+  }
 
 
 def _smooth_random_field(points, rng, anchors, support):
@@ -270,33 +280,41 @@ def _orthonormal_basis(fields):
   return q
 
 
-def _decaying(first, count, rate):
-  return first * (1.0 + np.arange(count) / rate) ** -1.2
+def _component_norms(basis, peaks, total):
+  """Norms for the columns of an orthonormal (V, 3, K) basis: the leading ones give the
+  requested peak vertex displacement, the rest decay from just below the smallest of those,
+  so the components come ordered by variance like PCA's."""
+  leading = np.array(peaks, np.float64) / np.linalg.norm(basis[:, :, :len(peaks)], axis=1).max(0)
+  first = 0.9 * np.nanmin(leading)
+  tail = first * (1.0 + np.arange(total - len(peaks)) / 8.0) ** -1.2
+  return np.concatenate([leading, tail])
 
 
 def _shape_basis(geo):
   """(V, 3, 300): semantic modes, then smooth random deformations of decaying variance; the
-  first three are scaled so the head dimensions match adult survey standard deviations."""
+  modes without a set size are scaled so that the head dimensions over N(0, 1) samples have
+  the standard deviations of adult surveys."""
   v = geo.vertices
   rng = np.random.default_rng(_SHAPE_SEED)
   anchors = v[geo.part == geometry.SHELL]
-  fields = [_eye_rigid(geo, f) for f in _shape_fields()]
+  named = _shape_fields()
+  fields = [_eye_rigid(geo, named[name]) for name, _ in SHAPE_MODES]
   while len(fields) < NUM_SHAPE:
     fields.append(_eye_rigid(geo, lambda p: _smooth_random_field(p, rng, anchors, (0.02, 0.05))))
   q = _orthonormal_basis(fields).reshape(len(v), 3, NUM_SHAPE)
-  semantic = len(SHAPE_MODE_NAMES)
-  leading = _decaying(0.09, semantic - 3, 3.0)
-  norms = np.concatenate([np.zeros(3), leading,
-                          _decaying(0.9 * leading[-1], NUM_SHAPE - semantic, 8.0)])
+  peaks = [np.nan if peak is None else peak for _, peak in SHAPE_MODES]
+  norms = _component_norms(q, peaks, NUM_SHAPE)
+  free = np.flatnonzero(np.isnan(norms))
+  fixed = np.flatnonzero(~np.isnan(norms))
   points = anthropometric_vertices(v, geo.faces, geo.part)
   gradients = np.stack([_dimension_gradient(v, q, points[name]) for name in
-                        DIMENSION_SD_TARGETS])  # (3 measures, components)
+                        DIMENSION_SD_TARGETS])  # (measures, components)
   targets = np.array(list(DIMENSION_SD_TARGETS.values())) ** 2
-  rest = (gradients[:, 3:] * norms[3:]) ** 2
-  squared = np.linalg.solve(gradients[:, :3] ** 2, targets - rest.sum(1))
+  rest = ((gradients[:, fixed] * norms[fixed]) ** 2).sum(1)
+  squared = np.linalg.solve(gradients[:, free] ** 2, targets - rest)
   if np.any(squared <= 0.0):
     raise ValueError("built-in head: shape basis cannot reach the anthropometric targets")
-  norms[:3] = np.sqrt(squared)
+  norms[free] = np.sqrt(squared)
   return q * norms
 
 
@@ -312,18 +330,13 @@ def _expression_basis(geo, jaw):
   rng = np.random.default_rng(_EXPRESSION_SEED)
   face = (v[:, 2] > 0.03) & (v[:, 1] < 0.07) & (v[:, 1] > -0.1) & (geo.part == geometry.SHELL)
   anchors = v[face]
-  fields = list(_expression_fields(geo, jaw))
-  away = np.ones(len(v))
-  for centre in geo.eye_centres:
-    away *= _smoothstep((np.linalg.norm(v - centre, axis=-1) - 0.016) / 0.008)
+  away = _away_from_eyes(geo)[:, None]
+  named = _expression_fields(geo, jaw)
+  fields = [named[name] * away for name, _ in EXPRESSION_MODES]
   while len(fields) < NUM_EXPRESSION:
-    fields.append(_smooth_random_field(v, rng, anchors, (0.012, 0.03)) * away[:, None])
+    fields.append(_smooth_random_field(v, rng, anchors, (0.012, 0.03)) * away)
   q = _orthonormal_basis(fields).reshape(len(v), 3, NUM_EXPRESSION)
-  semantic = len(EXPRESSION_MODE_NAMES)
-  leading = _decaying(0.2, semantic, 4.0)
-  norms = np.concatenate([leading,
-                          _decaying(0.9 * leading[-1], NUM_EXPRESSION - semantic, 8.0)])
-  return q * norms
+  return q * _component_norms(q, [peak for _, peak in EXPRESSION_MODES], NUM_EXPRESSION)
 
 
 def _pose_correctives(geo, weights, eyelids, normals):
