@@ -576,8 +576,9 @@ def _landmark_embedding(geo):
     points[61 + k] = marker.at(lip_row, frac * corner)
     points[67 - k] = marker.at(lip_row, frac * corner, lower=True)
 
-  # Jaw contour: 79 yaw bins in DECA's order (0..39 = yaw 0..-39 deg, 40..78 = +1..+39 deg).
-  yaws = np.radians(np.concatenate([-np.arange(40), np.arange(1, 40)]))
+  # Jaw contour: 79 rows in DECA's order: row k <= 39 for a head turned by +k degrees about y
+  # (the Euler yaw of root @ neck), row 39 + k for -k degrees.
+  yaws = np.radians(np.concatenate([np.arange(40), -np.arange(1, 40)]))
   dynamic = [_contour(geo, marker, yaw) for yaw in yaws]
   points[:17] = dynamic[0]
 

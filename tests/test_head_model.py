@@ -5,11 +5,14 @@ linear-blend-skinning reference written here from FLAME's definition (SciPy's Ro
 """
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import sparse
 from scipy.spatial.transform import Rotation
 
+from sheap_jax import flame
+from sheap_jax import flame_io
 from sheap_jax import head_model
 
 LEFT_EYE_CENTRE = np.array([0.032, 0.030, 0.066])
@@ -182,14 +185,14 @@ def test_landmark_embedding_format_and_anatomy(assets):
   for i in range(36, 48):  # eye landmarks lie on the lid margins, just outside the eyeball
     centre = LEFT_EYE_CENTRE * ([1, 1, 1] if i >= 42 else [-1, 1, 1])
     assert np.linalg.norm(lm[i] - centre) < EYEBALL_RADIUS + 0.002
-  # The contour follows the yaw: turning the face to its left (+yaw, DECA bins 40..78) moves
-  # the visible left-side contour towards the face's middle.
+  # The contour follows the yaw: turning the face to its left (+yaw, DECA rows 1..39) moves
+  # the receding left-side contour towards the face's middle, and -yaw the right side's.
   v = assets["v_template"]
   f = assets["f"].astype(np.int64)
   contour = lambda row: np.einsum("lkc,lk->lc", v[f[emb["dynamic_lmk_faces_idx"][row]]],
                                   emb["dynamic_lmk_bary_coords"][row])
-  assert contour(78)[12:16, 0].mean() < contour(0)[12:16, 0].mean() - 0.005
-  assert contour(39)[1:5, 0].mean() > contour(0)[1:5, 0].mean() + 0.005
+  assert contour(39)[12:16, 0].mean() < contour(0)[12:16, 0].mean() - 0.005
+  assert contour(78)[1:5, 0].mean() > contour(0)[1:5, 0].mean() + 0.005
 
 
 def test_shape_space_matches_adult_head_dimensions(assets):
@@ -306,9 +309,53 @@ def test_eyelid_closes_the_upper_lid_over_the_eye(assets):
     assert sign * (lm[43, 1] - lm0[43, 1]) > 0.0005
 
 
-def test_cli_writes_the_same_bytes_twice(tmp_path):
-  pytest.importorskip("sheap_jax.flame_io")
-  paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+def test_cli_files_round_trip_through_flame_io(assets, tmp_path, monkeypatch):
+  # Builds are compared in test_two_builds_are_identical; here the CLI writes this module's.
+  monkeypatch.setattr(head_model, "build_head_assets", lambda: assets)
+  paths = [tmp_path / "a.npz", tmp_path / "b.npz", tmp_path / "flame_dir"]
   for path in paths:
     head_model.main(["--out", os.fspath(path)])
-  assert paths[0].read_bytes() == paths[1].read_bytes()
+  assert paths[0].read_bytes() == paths[1].read_bytes()  # deterministic files
+  assert sorted(os.listdir(paths[2])) == [
+      "FLAME_masks.pkl", "generic_model.pkl", "head_template.obj", "l_eyelid.npy",
+      "landmark_embedding.npy", "r_eyelid.npy"]
+  for path in (paths[0], paths[2]):
+    loaded = flame_io.load_flame_assets(path)
+    for key in ("v_template", "shapedirs", "posedirs", "weights", "f", "eyelids", "ft"):
+      np.testing.assert_array_equal(np.asarray(loaded[key]), assets[key])
+    np.testing.assert_array_equal(loaded["J_regressor"].toarray(), assets["J_regressor"].toarray())
+    np.testing.assert_allclose(loaded["vt"], assets["vt"], atol=1e-12)
+    for name, ids in assets["masks"].items():
+      np.testing.assert_array_equal(loaded["masks"][name], ids)
+    for name, value in assets["landmark_embedding"].items():
+      np.testing.assert_array_equal(loaded["landmark_embedding"][name], value)
+
+
+def test_flame_layer_poses_the_built_in_head(assets):
+  model = flame.FlameModel.from_assets(assets)
+  rng = np.random.default_rng(3)
+  pose = np.zeros((5, 3))
+  pose[1] = [0.1, 0.2, 0.0]
+  pose[2] = [0.25, 0.0, 0.0]
+  pose[3] = pose[4] = [0.1, 0.1, 0.0]
+  betas = rng.normal(size=300)
+  expression = rng.normal(size=100)
+  eyelids = np.array([0.3, 0.6])
+  params = flame.FlameParams.zeros(1).replace(
+      shape=jnp.asarray(betas[None], jnp.float32), expression=jnp.asarray(expression[None], jnp.float32),
+      neck_pose=jnp.asarray(pose[1:2], jnp.float32), jaw_pose=jnp.asarray(pose[2:3], jnp.float32),
+      eye_pose=jnp.asarray(pose[3:].reshape(1, 6), jnp.float32),
+      eyelids=jnp.asarray(eyelids[None], jnp.float32))
+  out = flame.flame_forward(model, params)
+  expected = _lbs(assets, pose, np.concatenate([betas, expression]), eyelids)
+  np.testing.assert_allclose(np.asarray(out.vertices[0]), expected, atol=2e-6)
+  # The dynamic contour stays on the silhouette of the receding cheek when the head turns.
+  for yaw, side in ((25.0, slice(11, 16)), (-25.0, slice(1, 6))):  # cheek, not chin
+    turned = params.replace(global_pose=jnp.asarray(
+        Rotation.from_euler("y", yaw, degrees=True).as_rotvec()[None], jnp.float32))
+    out = flame.flame_forward(model, turned)
+    v = np.asarray(out.vertices[0])
+    for point in np.asarray(out.landmarks68[0, side]):
+      level = (np.abs(v[:, 1] - point[1]) < 0.003) & (v[:, 2] > 0.0)
+      extreme = v[level, 0].max() if yaw > 0 else v[level, 0].min()
+      assert abs(point[0] - extreme) < 0.005
