@@ -351,7 +351,7 @@ def test_flame_layer_poses_the_built_in_head(assets):
   np.testing.assert_allclose(np.asarray(out.vertices[0]), expected, atol=2e-6)
   # The dynamic contour stays on the silhouette of the receding cheek when the head turns.
   for yaw, side in ((25.0, slice(11, 16)), (-25.0, slice(1, 6))):  # cheek, not chin
-    turned = params.replace(global_pose=jnp.asarray(
+    turned = params.replace(jaw_pose=jnp.zeros((1, 3)), global_pose=jnp.asarray(
         Rotation.from_euler("y", yaw, degrees=True).as_rotvec()[None], jnp.float32))
     out = flame.flame_forward(model, turned)
     v = np.asarray(out.vertices[0])
