@@ -87,7 +87,7 @@ def _ellipsoid(points, centre, axes):
   return k0 * (k0 - 1.0) / np.maximum(k1, 1e-12)
 
 
-def _smooth_min(a, b, k):
+def smooth_min(a, b, k):
   h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
   return b + (a - b) * h - k * h * (1.0 - h)
 
@@ -111,29 +111,29 @@ def _mirror(points, centre, axes):
 def head_sdf(points):
   """Signed distance (negative inside) of the head and neck without lips and lids."""
   d = _ellipsoid(points, np.array([0.0, 0.035, -0.0075]), np.array([0.0765, 0.106, 0.095]))
-  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, -0.019, 0.018]),
+  d = smooth_min(d, _ellipsoid(points, np.array([0.0, -0.019, 0.018]),
                                 np.array([0.060, 0.066, 0.070])), 0.02)
-  d = _smooth_min(d, _neck(points), 0.03)
-  d = _smooth_min(d, _mirror(points, np.array([0.046, -0.046, 0.004]),
+  d = smooth_min(d, _neck(points), 0.03)
+  d = smooth_min(d, _mirror(points, np.array([0.046, -0.046, 0.004]),
                              np.array([0.018, 0.026, 0.03])), 0.015)  # jaw angles
-  d = _smooth_min(d, _mirror(points, np.array([0.048, 0.008, 0.05]),
+  d = smooth_min(d, _mirror(points, np.array([0.048, 0.008, 0.05]),
                              np.array([0.022, 0.016, 0.024])), 0.012)  # cheekbones
-  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, 0.046, 0.07]),
+  d = smooth_min(d, _ellipsoid(points, np.array([0.0, 0.046, 0.07]),
                                 np.array([0.056, 0.013, 0.02])), 0.012)  # brow ridge
-  d = _smooth_min(d, _ellipsoid(points, np.array([0.0, -0.066, 0.068]),
+  d = smooth_min(d, _ellipsoid(points, np.array([0.0, -0.066, 0.068]),
                                 np.array([0.02, 0.014, 0.015])), 0.014)  # chin
-  d = _smooth_min(d, _mirror(points, np.array([0.07, 0.006, -0.012]),
+  d = smooth_min(d, _mirror(points, np.array([0.07, 0.006, -0.012]),
                              np.array([0.012, 0.03, 0.017])), 0.008)  # ears (simple lobes)
   nose = _ellipsoid(points, np.array([0.0, 0.008, 0.09]), np.array([0.0085, 0.022, 0.014]))
-  nose = _smooth_min(nose, _ellipsoid(points, np.array([0.0, -0.004, 0.1]),
+  nose = smooth_min(nose, _ellipsoid(points, np.array([0.0, -0.004, 0.1]),
                                       np.array([0.009, 0.009, 0.0105])), 0.006)
-  nose = _smooth_min(nose, _mirror(points, np.array([0.013, -0.009, 0.088]),
+  nose = smooth_min(nose, _mirror(points, np.array([0.013, -0.009, 0.088]),
                                    np.array([0.0085, 0.0075, 0.009])), 0.005)
-  d = _smooth_min(d, nose, 0.008)
+  d = smooth_min(d, nose, 0.008)
   for centre in eye_centres():
     socket = _ellipsoid(points, centre + np.array([0.0, 0.001, 0.015]),
                         np.array([0.019, 0.016, 0.019]))
-    d = -_smooth_min(-d, socket, 0.006)
+    d = -smooth_min(-d, socket, 0.006)
   return d
 
 
@@ -170,14 +170,6 @@ def _angles_of(point):
   d = point - RAY_ORIGIN
   d = d / np.linalg.norm(d)
   return np.arccos(d[1]), np.arctan2(d[0], d[2])
-
-
-def _far_sphere_hit(directions, centre, radius):
-  """Distance along rays from RAY_ORIGIN to where they leave a sphere (nan if they miss)."""
-  oc = RAY_ORIGIN - centre
-  b = directions @ oc
-  disc = b * b - (oc @ oc - radius * radius)
-  return np.where(disc >= 0.0, -b + np.sqrt(np.maximum(disc, 0.0)), np.nan)
 
 
 # ----------------------------------------------------------------------------- grid layout
@@ -381,7 +373,7 @@ def _add_lids(radius, directions, vert_theta, vert_phi, eye_theta, phi, eye_slit
     disc = b * b - (oc @ oc - lid_radius ** 2)
     hit = -b + np.sqrt(np.maximum(disc, 0.0))
     near = (disc > 0.0) & (s < 0.3)
-    out = np.where(near, -_smooth_min(-out, -hit, 0.0015), out)
+    out = np.where(near, -smooth_min(-out, -hit, 0.0015), out)
   return out
 
 

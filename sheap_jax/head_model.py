@@ -3,7 +3,7 @@
 `build_head_assets()` returns the same assets dict a real FLAME model gives once read (keys,
 shapes, dtypes and meanings of `generic_model.pkl` plus the landmark embedding, UVs, masks and
 eyelid blendshapes), so every code path that takes FLAME takes this head unchanged. It is
-deterministic: fixed seeds, NumPy only, no dependence on thread count.
+deterministic: NumPy/SciPy only, fixed seeds, the same arrays (and file bytes) on every run.
 
     python -m sheap_jax.head_model --out PATH   # PATH.npz or a FLAME-layout directory
 
@@ -13,6 +13,7 @@ import argparse
 
 import numpy as np
 from scipy import linalg
+from scipy import optimize
 from scipy import sparse
 
 from sheap_jax import _head_geometry as geometry
@@ -20,7 +21,8 @@ from sheap_jax import _head_geometry as geometry
 NUM_SHAPE, NUM_EXPRESSION = 300, 100
 ROOT_PARENT = 4294967295  # FLAME stores the root's parent as uint32(-1)
 KINTREE = np.array([[ROOT_PARENT, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64)
-JAW_JOINT_TARGETS = np.array([[0.066, -0.002, 0.014], [-0.066, -0.002, 0.014]])
+JAW_JOINT_TARGETS = np.array([[0.066, -0.002, 0.014], [-0.066, -0.002, 0.014]])  # at the TMJs
+NECK_AXIS_Z = -0.012  # root and neck joints sit on the neck's axis
 
 # Anthropometric targets (adult survey means / sds, metres): breadth, length, face height.
 DIMENSION_SD_TARGETS = {"head_breadth": 0.006, "head_length": 0.007, "face_height": 0.007}
@@ -34,7 +36,7 @@ SHAPE_MODES = (("face height", None), ("head length", None), ("head width", None
 EXPRESSION_MODES = (("mouth open", 0.006), ("smile", 0.005), ("brow raise", 0.0047),
                     ("pucker", 0.004), ("lip stretch", 0.004), ("cheek puff", 0.004),
                     ("left smirk", 0.0037), ("frown", 0.004), ("squint", 0.0025))
-_SHAPE_SEED, _EXPRESSION_SEED, _POSE_SEED = 20250, 20251, 20252
+_SHAPE_SEED, _EXPRESSION_SEED = 20250, 20251
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -52,10 +54,6 @@ def _gauss(points, centre, sigma):
 
 def _mirror_gauss(points, centre, sigma):
   return _gauss(points, centre, sigma) + _gauss(points, centre * np.array([-1.0, 1.0, 1.0]), sigma)
-
-
-def _soft_min(a, b, k):
-  return geometry._smooth_min(a, b, k)
 
 
 def vertex_normals(vertices, faces):
@@ -76,28 +74,40 @@ def _jaw_line(z):
 # ----------------------------------------------------------------------------- rig
 
 
+def _average_of(vertices, candidates, target):
+  """Non-negative weights (summing to 1) on a few candidate vertices whose average is target:
+  FLAME's joints are such averages of nearby vertices, so they follow the shape."""
+  system = np.vstack([vertices[candidates].T, np.ones(len(candidates))])
+  weights, _ = optimize.nnls(system, np.append(target, 1.0))
+  keep = weights > 1e-9
+  return candidates[keep], weights[keep] / weights[keep].sum()
+
+
 def _joint_regressor(geo):
-  """Sparse (5, V): each joint is an average of nearby vertices, as in FLAME."""
+  """Sparse (5, V): each joint a weighted average of vertices around it, as in FLAME: rings
+  round the neck for the root and neck joints, the cheeks in front of the ears for the jaw,
+  the eyeballs for the eyes."""
   v = geo.vertices
   shell = np.flatnonzero(geo.part == geometry.SHELL)
+  neck = shell[v[shell, 1] < _jaw_line(v[shell, 2])]
   rows, cols, vals = [], [], []
-
-  def add(joint, ids):
-    rows.extend([joint] * len(ids))
-    cols.extend(ids)
-    vals.extend([1.0 / len(ids)] * len(ids))
-
-  grid = geo.grid_index
-  for joint, angle in ((0, np.radians(160.0)), (1, np.radians(140.0))):  # neck rings
-    row = int(np.argmin(np.abs(geo.row_angles - angle)))
-    add(joint, grid[row])
-  ids = []
-  for target in JAW_JOINT_TARGETS:
-    dist = np.linalg.norm(v[shell] - target, axis=-1)
-    ids.extend(shell[np.argsort(dist, kind="stable")[:4]])
-  add(2, ids)
-  add(3, np.flatnonzero(geo.part == geometry.LEFT_EYEBALL))
-  add(4, np.flatnonzero(geo.part == geometry.RIGHT_EYEBALL))
+  for joint, height in ((0, -0.145), (1, -0.075)):
+    ring = neck[np.abs(v[neck, 1] - height) < 0.01]
+    ids, w = _average_of(v, ring, np.array([0.0, height, NECK_AXIS_Z]))
+    rows += [joint] * len(ids)
+    cols += list(ids)
+    vals += list(w)
+  cheeks = np.concatenate([shell[np.argsort(np.linalg.norm(v[shell] - t, axis=-1),
+                                            kind="stable")[:6]] for t in JAW_JOINT_TARGETS])
+  ids, w = _average_of(v, cheeks, JAW_JOINT_TARGETS.mean(0))
+  rows += [2] * len(ids)
+  cols += list(ids)
+  vals += list(w)
+  for joint, part in ((3, geometry.LEFT_EYEBALL), (4, geometry.RIGHT_EYEBALL)):
+    ids = np.flatnonzero(geo.part == part)  # the sphere's vertices average to its centre
+    rows += [joint] * len(ids)
+    cols += list(ids)
+    vals += [1.0 / len(ids)] * len(ids)
   return sparse.csc_matrix((vals, (rows, cols)), shape=(5, len(v)))
 
 
@@ -113,8 +123,7 @@ def _jaw_weight(geo):
   w *= _smoothstep((z + 0.005) / 0.03)  # nothing behind the jaw joint
   w *= _smoothstep((y - _jaw_line(z) + 0.03) / 0.025)  # fades into the neck below the jaw
   w = np.where(geo.lip_side > 0, 0.0, np.where(geo.lip_side < 0, 1.0, w))
-  eyes_or_eyeballs = geo.part >= geometry.LEFT_EYE_POCKET
-  return np.where(eyes_or_eyeballs, 0.0, w)
+  return np.where(geo.part >= geometry.LEFT_EYE_POCKET, 0.0, w)  # eye pockets and eyeballs
 
 
 def _skinning_weights(geo):
@@ -135,6 +144,13 @@ def _skinning_weights(geo):
 # ----------------------------------------------------------------------------- eyelids
 
 
+def _eye_angles(points, centre):
+  """(chi, psi): angle from the eye's +x axis, and azimuth about it from +z towards +y."""
+  q = points - centre
+  chi = np.arccos(np.clip(q[:, 0] / np.linalg.norm(q, axis=-1), -1.0, 1.0))
+  return chi, np.arctan2(q[:, 1], q[:, 2])
+
+
 def _eyelid_blendshapes(geo):
   """(2, V, 3): each upper lid (its skin and the pocket lining behind it) turns about the eye
   centre's x axis until its margin meets the lower margin; the rest stays still."""
@@ -146,16 +162,14 @@ def _eyelid_blendshapes(geo):
     upper_ids = np.array([geo.grid_index[slit.row, c] for c in cols])
     lower_ids = np.array([upper_ids[0]] + [geo.lower_copies[(slit.row, c)] for c in cols[1:-1]]
                          + [upper_ids[-1]])
-    frame = lambda p: (np.arccos(np.clip((p - centre)[..., 0] / np.linalg.norm(p - centre, axis=-1),
-                                         -1, 1)), np.arctan2((p - centre)[..., 1], (p - centre)[..., 2]))
-    chi_u, psi_u = frame(v[upper_ids])
-    _, psi_l = frame(v[lower_ids])
+    chi_u, psi_u = _eye_angles(v[upper_ids], centre)
+    _, psi_l = _eye_angles(v[lower_ids], centre)
     order = np.argsort(chi_u)
     closing = psi_u - psi_l + 0.03
     closing[[0, -1]] = 0.0
     q = v - centre
     radius = np.linalg.norm(q, axis=-1)
-    chi, psi = frame(v)
+    chi, psi = _eye_angles(v, centre)
     margin_psi = np.interp(chi, chi_u[order], psi_u[order])
     angle = np.interp(chi, chi_u[order], closing[order], left=0.0, right=0.0)
     upper_skin = (geo.part == geometry.SHELL) & (psi >= margin_psi - 1e-9) & (geo.lid_side >= 0)
@@ -180,7 +194,7 @@ def _eye_rigid(geo, field):
   as a rigid translation: the displacement of the eye centre, blended out over the lids."""
   v = geo.vertices
   disp = field(v)
-  for eye, centre in enumerate(geo.eye_centres):
+  for centre in geo.eye_centres:
     dist = np.linalg.norm(v - centre, axis=-1) - (geometry.EYEBALL_RADIUS + geometry.LID_GAP)
     blend = np.exp(-(np.maximum(dist, 0.0) / 0.004) ** 2)
     rigid = field(centre[None])[0]
@@ -197,10 +211,10 @@ def _shape_fields():
   vec = lambda x, y, z: np.stack([x, y, z], -1)
   along = lambda weight, direction: weight[:, None] * np.asarray(direction)
   return {
-      "face height": lambda p: vec(zero(p), _soft_min(p[:, 1] - 0.035, 0.0, 0.02) * front(p),
+      "face height": lambda p: vec(zero(p), geometry.smooth_min(p[:, 1] - 0.035, 0.0, 0.02) * front(p),
                                    zero(p)),
       "head length": lambda p: vec(zero(p), zero(p),
-                                   _soft_min(p[:, 2] - 0.03, 0.0, 0.03) * above_neck(p)),
+                                   geometry.smooth_min(p[:, 2] - 0.03, 0.0, 0.03) * above_neck(p)),
       "head width": lambda p: vec(p[:, 0] * above_neck(p), zero(p), zero(p)),
       "crown height": lambda p: vec(zero(p), np.maximum(p[:, 1] - 0.02, 0.0), zero(p)),
       "jaw width": lambda p: vec(
@@ -306,7 +320,7 @@ def _shape_basis(geo):
   norms = _component_norms(q, peaks, NUM_SHAPE)
   free = np.flatnonzero(np.isnan(norms))
   fixed = np.flatnonzero(~np.isnan(norms))
-  points = anthropometric_vertices(v, geo.faces, geo.part)
+  points = anthropometric_vertices(v)
   gradients = np.stack([_dimension_gradient(v, q, points[name]) for name in
                         DIMENSION_SD_TARGETS])  # (measures, components)
   targets = np.array(list(DIMENSION_SD_TARGETS.values())) ** 2
@@ -350,24 +364,23 @@ def _pose_correctives(geo, weights, eyelids, normals):
   posedirs[:, :, sin_x(2)] = 0.004 * jaw_blend[:, None] * normals
   posedirs[:, :, sin_x(3)] = 0.5 * eyelids[0]
   posedirs[:, :, sin_x(4)] = 0.5 * eyelids[1]
-  interior = geo.part != geometry.SHELL
-  posedirs[interior & (geo.part <= geometry.RIGHT_EYE_POCKET), :, :2 * 9] = 0.0
+  pockets = (geo.part != geometry.SHELL) & (geo.part <= geometry.RIGHT_EYE_POCKET)
+  posedirs[pockets, :, :2 * 9] = 0.0  # normals inside the cavities point inwards
   return posedirs
 
 
 # ----------------------------------------------------------------------------- measurements
 
 
-def anthropometric_vertices(v_template, faces, part=None):
-  """Vertex ids of the classic measuring points, chosen geometrically on a head template:
-  euryon (left, right), glabella, opisthocranion, nasion, menton. Returns measure name ->
-  (vertex a, vertex b), for head breadth, head length and face height."""
-  del faces
+def anthropometric_vertices(v_template):
+  """Vertex ids of the classic measuring points, chosen geometrically on the built-in head's
+  template: euryon (left, right), glabella, opisthocranion, nasion, menton. Returns measure
+  name -> (vertex a, vertex b) for head breadth, head length and face height. (The search
+  regions lie on the outer surface, clear of the mouth and eye pockets.)"""
   v = v_template
-  shell = np.ones(len(v), bool) if part is None else part == geometry.SHELL
   ids = np.arange(len(v))
-  midline = shell & (np.abs(v[:, 0]) < 1e-9)
-  cranium = shell & (v[:, 1] > 0.045)
+  midline = np.abs(v[:, 0]) < 1e-9
+  cranium = v[:, 1] > 0.045
   left = ids[cranium][np.argmax(v[cranium, 0])]
   right = ids[cranium][np.argmin(v[cranium, 0])]
   brow = midline & (v[:, 1] > 0.035) & (v[:, 1] < 0.065) & (v[:, 2] > 0.0)
@@ -550,17 +563,16 @@ def _landmark_embedding(geo):
     points[31 + k] = marker.at(subnasale_row - 1, az, row_shift=0.6)
 
   # Eyes: margins of the fissure slits. Right eye (-x) 36-41, left eye (+x) 42-47.
-  for base, slit, lateral_first in ((36, geo.eye_slits[1], True), (42, geo.eye_slits[0], False)):
-    cols = [int(c) for c in slit.columns]
-    m = len(cols) - 1
-    first, last = (cols[0], cols[-1]) if lateral_first else (cols[0], cols[-1])
+  # Azimuth grows towards +x: the right eye's slit starts at its outer corner (36), the left
+  # eye's at its inner corner (42), as iBUG orders them.
+  for base, slit in ((36, geo.eye_slits[1]), (42, geo.eye_slits[0])):
+    first, last = int(slit.columns[0]), int(slit.columns[-1])  # increasing azimuth (+x)
     points[base] = marker.at_vertex(grid[slit.row, first])
     points[base + 3] = marker.at_vertex(grid[slit.row, last])
     for j, frac in ((1, 1 / 3), (2, 2 / 3)):
       az = phi[first] + frac * (phi[last] - phi[first])
       points[base + j] = marker.at(slit.row, az)
       points[base + 6 - j] = marker.at(slit.row, az, lower=True)
-    del m
 
   # Lips: outer contour 48-59 (rows two above / below the slit), inner 60-67 (the slit).
   mouth = [int(c) for c in geo.mouth_slit.columns]

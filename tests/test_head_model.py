@@ -196,7 +196,7 @@ def test_landmark_embedding_format_and_anatomy(assets):
 
 
 def test_shape_space_matches_adult_head_dimensions(assets):
-  points = head_model.anthropometric_vertices(assets["v_template"], assets["f"])
+  points = head_model.anthropometric_vertices(assets["v_template"])
   v = assets["v_template"]
   (left, right), (glabella, opisthocranion), (nasion, menton) = points.values()
   assert v[left, 0] > 0.07 and np.isclose(v[left, 0], -v[right, 0])
@@ -222,7 +222,7 @@ def test_shape_samples_are_plausible_heads(assets):
   normals = _face_normals(samples, f)
   normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
   assert np.einsum("nfc,fc->nf", normals, rest).min() > 0.2  # no face turns over
-  points = head_model.anthropometric_vertices(v, f)
+  points = head_model.anthropometric_vertices(v)
   for values in head_model.head_dimensions(samples, points).values():
     assert np.all(np.abs(values - values.mean()) < 4 * values.std())
   # Eyeballs move rigidly and stay inside their sockets' linings.
