@@ -482,7 +482,8 @@ def _pocket(shell, loop, side, centre, axes, rings, offset, uv_box):
     for p in range(num):
       a, b = ring_ids[r][p], ring_ids[r][(p + 1) % num]
       c, dd = ring_ids[r + 1][(p + 1) % num], ring_ids[r + 1][p]
-      ua, ub, uc, ud = uv_index(r, p), uv_index(r, p + 1), uv_index(r + 1, p + 1), uv_index(r + 1, p)
+      ua, ub = uv_index(r, p), uv_index(r, p + 1)
+      uc, ud = uv_index(r + 1, p + 1), uv_index(r + 1, p)
       faces += [[a, dd, c], [a, c, b]]
       uv_faces += [[ua, ud, uc], [ua, uc, ub]]
   last = ring_ids[-1]

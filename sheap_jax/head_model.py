@@ -211,8 +211,8 @@ def _shape_fields():
   vec = lambda x, y, z: np.stack([x, y, z], -1)
   along = lambda weight, direction: weight[:, None] * np.asarray(direction)
   return {
-      "face height": lambda p: vec(zero(p), geometry.smooth_min(p[:, 1] - 0.035, 0.0, 0.02) * front(p),
-                                   zero(p)),
+      "face height": lambda p: vec(
+          zero(p), geometry.smooth_min(p[:, 1] - 0.035, 0.0, 0.02) * front(p), zero(p)),
       "head length": lambda p: vec(zero(p), zero(p),
                                    geometry.smooth_min(p[:, 2] - 0.03, 0.0, 0.03) * above_neck(p)),
       "head width": lambda p: vec(p[:, 0] * above_neck(p), zero(p), zero(p)),

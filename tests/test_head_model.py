@@ -109,6 +109,7 @@ def test_layout_matches_flame(assets):
   assert weights.shape == (num, 5) and (weights >= 0).all()
   np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-12)
   assert assets["eyelids"].shape == (2, num, 3)
+  assert 0 < np.abs(assets["posedirs"]).max() < 0.005  # small correctives
   # Joints sit where FLAME's do: neck above root, jaw joint in front of the neck, eyes at the
   # eyeball centres, everything on the midline except the eyes.
   joints = regressor @ v
@@ -227,7 +228,8 @@ def test_shape_samples_are_plausible_heads(assets):
     assert np.all(np.abs(values - values.mean()) < 4 * values.std())
   # Eyeballs move rigidly and stay inside their sockets' linings.
   parts = _parts(assets)
-  for name, centre in (("left_eyeball", LEFT_EYE_CENTRE), ("right_eyeball", LEFT_EYE_CENTRE * [-1, 1, 1])):
+  right_eye_centre = LEFT_EYE_CENTRE * [-1, 1, 1]
+  for name, centre in (("left_eyeball", LEFT_EYE_CENTRE), ("right_eyeball", right_eye_centre)):
     ids = parts[name]
     moved = samples[:, ids] - v[ids]
     np.testing.assert_allclose(moved, np.broadcast_to(moved[:, :1], moved.shape), atol=1e-12)
@@ -342,7 +344,8 @@ def test_flame_layer_poses_the_built_in_head(assets):
   expression = rng.normal(size=100)
   eyelids = np.array([0.3, 0.6])
   params = flame.FlameParams.zeros(1).replace(
-      shape=jnp.asarray(betas[None], jnp.float32), expression=jnp.asarray(expression[None], jnp.float32),
+      shape=jnp.asarray(betas[None], jnp.float32),
+      expression=jnp.asarray(expression[None], jnp.float32),
       neck_pose=jnp.asarray(pose[1:2], jnp.float32), jaw_pose=jnp.asarray(pose[2:3], jnp.float32),
       eye_pose=jnp.asarray(pose[3:].reshape(1, 6), jnp.float32),
       eyelids=jnp.asarray(eyelids[None], jnp.float32))
