@@ -9,6 +9,9 @@ from rasterizer.quaternion import quaternion_to_matrix
 from sheap_jax import mesh_topology
 from sheap_jax.rigging import LocalGaussians, face_frames, rig_gaussians
 
+BATCH, SLOTS = 2, 3  # one set of shapes, so each test reuses the same two compilations
+rig = jax.jit(rig_gaussians)
+
 
 def _random_meshes(rng, batch):
   """Randomly perturbed small icospheres (80 faces), head-sized (metres)."""
@@ -46,12 +49,12 @@ def _quat_wxyz_to_matrix(q):
 @pytest.mark.parametrize("shared_local", [False, True])
 def test_rig_matches_numpy_reference(shared_local):
   rng = np.random.default_rng(0)
-  batch, slots = 2, 3
+  batch, slots = BATCH, SLOTS
   vertices, faces = _random_meshes(rng, batch)
   num_faces = len(faces)
   lead = (num_faces, slots) if shared_local else (batch, num_faces, slots)
   local = _random_local(rng, lead, channels=5)
-  splats = jax.jit(rig_gaussians)(local, vertices, faces)
+  splats = rig(local, vertices, faces)
   per_batch = lambda x: np.broadcast_to(x, (batch,) + x.shape[len(lead) - 2:])
   offsets, quats, scales = map(per_batch, (local.offsets, local.quats, local.scales))
   means = np.zeros((batch, num_faces, slots, 3))
@@ -74,12 +77,11 @@ def test_rig_matches_numpy_reference(shared_local):
 
 def test_rigging_is_equivariant_to_similarity_transforms():
   rng = np.random.default_rng(1)
-  vertices, faces = _random_meshes(rng, 2)
-  local = _random_local(rng, (2, len(faces), 2))
+  vertices, faces = _random_meshes(rng, BATCH)
+  local = _random_local(rng, (BATCH, len(faces), SLOTS))
   rot = Rotation.random(random_state=2).as_matrix().astype(np.float32)
   scale, shift = np.float32(1.7), rng.normal(0, 0.3, 3).astype(np.float32)
   moved_vertices = scale * vertices @ rot.T + shift
-  rig = jax.jit(rig_gaussians)
   before, after = rig(local, vertices, faces), rig(local, moved_vertices, faces)
   np.testing.assert_allclose(after.means, scale * before.means @ rot.T + shift, atol=1e-5)
   np.testing.assert_allclose(quaternion_to_matrix(after.quats),
@@ -91,32 +93,31 @@ def test_rigging_is_equivariant_to_similarity_transforms():
 
 def test_zero_and_in_plane_offsets_stay_on_their_triangle_plane():
   rng = np.random.default_rng(2)
-  vertices, faces = _random_meshes(rng, 1)
-  local = _random_local(rng, (len(faces), 2))
+  vertices, faces = _random_meshes(rng, BATCH)
+  local = _random_local(rng, (len(faces), SLOTS))
   corners = vertices[0][faces].astype(np.float64)
   normals = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
   normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
 
-  rig = jax.jit(rig_gaussians)
   at_centroid = rig(local.replace(offsets=np.zeros_like(local.offsets)), vertices, faces)
-  np.testing.assert_allclose(at_centroid.means[0].reshape(-1, 2, 3),
-                             np.repeat(corners.mean(1)[:, None], 2, 1), atol=1e-6)
+  np.testing.assert_allclose(at_centroid.means[0].reshape(-1, SLOTS, 3),
+                             np.repeat(corners.mean(1)[:, None], SLOTS, 1), atol=1e-6)
 
   in_plane = local.offsets * np.array([1, 1, 0], np.float32)
   flat = rig(local.replace(offsets=in_plane, quats=np.eye(4, dtype=np.float32)[
       np.zeros(local.quats.shape[:-1], int)]), vertices, faces)
-  means = np.asarray(flat.means[0], np.float64).reshape(-1, 2, 3)
+  means = np.asarray(flat.means[0], np.float64).reshape(-1, SLOTS, 3)
   heights = np.einsum("fsd,fd->fs", means - corners[:, None, 0], normals)
   np.testing.assert_allclose(heights, 0, atol=1e-6)
   # An identity local rotation lays each disc in its face plane: the disc normal is the face's.
-  disc_normals = np.asarray(quaternion_to_matrix(flat.quats[0]))[..., 2].reshape(-1, 2, 3)
-  np.testing.assert_allclose(disc_normals, np.repeat(normals[:, None], 2, 1), atol=1e-5)
+  disc_normals = np.asarray(quaternion_to_matrix(flat.quats[0]))[..., 2].reshape(-1, SLOTS, 3)
+  np.testing.assert_allclose(disc_normals, np.repeat(normals[:, None], SLOTS, 1), atol=1e-5)
 
 
 def test_face_frames_are_orthonormal_right_handed_and_follow_the_first_edge():
   rng = np.random.default_rng(3)
   vertices, faces = _random_meshes(rng, 3)
-  frames = face_frames(vertices, faces)
+  frames = jax.jit(face_frames)(vertices, faces)
   rot = np.asarray(frames.rotations, np.float64)
   np.testing.assert_allclose(np.swapaxes(rot, -1, -2) @ rot, np.broadcast_to(np.eye(3),
                                                                              rot.shape), atol=1e-5)

@@ -33,11 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sheap_jax.models import dinov2
 from sheap_jax.models import vit
 
-# DINOv2 / ImageNet input standardisation, so that pretrained encoders see what they expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SH_COEFFICIENTS = 9  # second-order spherical harmonics
 SHAPE_SOURCES = ("vit", "identity_branch")
 
@@ -134,7 +132,7 @@ class SheapPredictor(nn.Module):
                        f"{SHAPE_SOURCES}")
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"SheapPredictor: expected images (B, H, W, 3), got {images.shape}")
-    x = (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = dinov2.normalize(images)  # the input statistics pretrained encoders expect
     groups = self._groups()
     encoder = build_encoder(self.size, self.image_size,
                             len(groups) if self.output_tokens else 0, self.layerscale_init,
