@@ -109,21 +109,18 @@ class SheapPredictor(nn.Module):
   remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
-  def _groups(self) -> dict[str, dict[str, int]]:
-    """Output group -> {field: size}; each group shares one readout token."""
-    identity = {"shape": self.n_shape, "identity": self.identity_dim}
+  def _identity_fields(self) -> dict[str, int]:
+    return {"shape": self.n_shape, "identity": self.identity_dim}
+
+  def _trunk_groups(self) -> dict[str, dict[str, int]]:
+    """Output groups the shared ViT reads out, {group: {field: size}}, in readout-token order."""
     groups = {
         "expression": {"expression": self.n_expression, "jaw_pose": 3, "eye_pose": 6,
                        "eyelids": 2},
         "pose": {"global_pose": 3, "neck_pose": 3, "camera_translation": 3},
         "lighting": {"lighting": 3 * SH_COEFFICIENTS},
     }
-    return {"identity": identity, **groups} if self.shape_source == "vit" else groups
-
-  def _readouts(self, encoder_output: vit.ViTOutput, groups) -> dict[str, jnp.ndarray]:
-    if not self.output_tokens:
-      return {group: encoder_output.cls_token for group in groups}
-    return {group: encoder_output.register_tokens[:, i] for i, group in enumerate(groups)}
+    return {"identity": self._identity_fields(), **groups} if self.shape_source == "vit" else groups
 
   @nn.compact
   def __call__(self, images: jnp.ndarray) -> PredictorOutput:
@@ -133,15 +130,17 @@ class SheapPredictor(nn.Module):
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"SheapPredictor: expected images (B, H, W, 3), got {images.shape}")
     x = dinov2.normalize(images)  # the input statistics pretrained encoders expect
-    groups = self._groups()
+    groups = self._trunk_groups()
     encoder = build_encoder(self.size, self.image_size,
                             len(groups) if self.output_tokens else 0, self.layerscale_init,
                             self.remat, self.dtype, name="vit")
-    readouts = self._readouts(encoder(x), groups)
+    tokens = encoder(x)
+    readouts = {group: tokens.register_tokens[:, i] if self.output_tokens else tokens.cls_token
+                for i, group in enumerate(groups)}
     if self.shape_source == "identity_branch":
-      groups["identity"] = {"shape": self.n_shape, "identity": self.identity_dim}
       branch = build_encoder(self.identity_size, self.image_size, 0, self.layerscale_init,
                              self.remat, self.dtype, name="identity_vit")
+      groups["identity"] = self._identity_fields()
       readouts["identity"] = branch(x).cls_token
 
     fields = {}
@@ -221,8 +220,8 @@ def init_from_dinov2(params, dinov2_params, branch: str = "vit"):
     name = f"block_{i}"
     block = {k: v for k, v in source[name].items() if k not in ("ls1", "ls2")}
     if set(source[name]["mlp"]) != set(target[name]["mlp"]):
-      raise ValueError(f"init_from_dinov2: feed-forward layers differ ({sorted(source[name]['mlp'])}"
-                       f" vs {sorted(target[name]['mlp'])})")
+      raise ValueError(f"init_from_dinov2: feed-forward layers differ (DINOv2 "
+                       f"{sorted(source[name]['mlp'])}, {branch!r} {sorted(target[name]['mlp'])})")
     if "ls1" in target[name]:  # DINOv2 always has LayerScale; identity gammas otherwise
       ones = {"gamma": np.ones(width, np.float32)}
       block["ls1"], block["ls2"] = source[name].get("ls1", ones), source[name].get("ls2", ones)
