@@ -75,6 +75,9 @@ def rig_gaussians(local: LocalGaussians, vertices: jnp.ndarray, faces) -> Splats
   num_faces, slots = local.offsets.shape[-3:-1]
   if vertices.ndim != 3 or vertices.shape[-1] != 3:
     raise ValueError(f"rig_gaussians: vertices must be (B, V, 3), got {vertices.shape}")
+  if local.offsets.ndim == 4 and local.offsets.shape[0] != vertices.shape[0]:
+    raise ValueError(f"rig_gaussians: {local.offsets.shape[0]} sets of local Gaussians for "
+                     f"{vertices.shape[0]} meshes")
   if faces.shape != (num_faces, 3):
     raise ValueError(f"rig_gaussians: faces {faces.shape} do not match the {num_faces} faces "
                      "of the local Gaussians")

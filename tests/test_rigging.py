@@ -166,3 +166,6 @@ def test_bad_shapes_are_reported():
     rig_gaussians(local, vertices, faces[:-2])
   with pytest.raises(ValueError, match=r"vertices must be \(B, V, 3\)"):
     rig_gaussians(local, vertices[0], faces[:-1])
+  batched = jax.tree.map(lambda x: np.stack([x] * 3), local)
+  with pytest.raises(ValueError, match="3 sets of local Gaussians for 1 meshes"):
+    rig_gaussians(batched, vertices, faces[:-1])
