@@ -192,19 +192,22 @@ def test_frozen_features_normalise_and_block_gradients():
   with pytest.warns(UserWarning, match="random initialisation"):
     config, params = dinov2.load_or_init(None, config, seed=0)
   model = dinov2.build(config)
-  images = jax.random.uniform(jax.random.PRNGKey(1), (1, 28, 42, 3))
+  images = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 28, 42, 3)), jnp.float32)
 
   def loss(p, img):
     out = dinov2.frozen_features(model, p, img)
-    return jnp.sum(out.patch_tokens ** 2) + jnp.sum(out.cls_token)
+    return jnp.sum(out.patch_tokens ** 2) + jnp.sum(out.cls_token), out
 
-  value, (g_params, g_images) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, images)
+  def unfrozen(p, img):
+    return model.apply({"params": p}, (img - jnp.asarray(dinov2.IMAGENET_MEAN)) /
+                       jnp.asarray(dinov2.IMAGENET_STD))
+
+  (value, out), (g_params, g_images) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1),
+                                                                  has_aux=True))(params, images)
   assert np.isfinite(value)
   assert all(not np.any(g) for g in jax.tree_util.tree_leaves(g_params))
   assert not np.any(g_images)
-  out = jax.jit(dinov2.frozen_features, static_argnums=0)(model, params, images)
-  std = (np.asarray(images) - np.array(dinov2.IMAGENET_MEAN)) / np.array(dinov2.IMAGENET_STD)
-  ref = jax.jit(model.apply)({"params": params}, jnp.asarray(std, jnp.float32))
+  ref = jax.jit(unfrozen)(params, images)
   np.testing.assert_allclose(out.patch_tokens, ref.patch_tokens, atol=1e-5)
   assert out.register_tokens.shape == (1, 4, 32) and out.grid == (2, 3)
 
@@ -228,7 +231,7 @@ def test_official_variant_sizes():
     dinov2.dinov2_config("vitx14")
 
 
-def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
+def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch, capsys):
   junk = tmp_path / "junk.pth"
   junk.write_text("not a checkpoint")
   with pytest.raises(convert_dinov2.CheckpointError, match="junk.pth"):
@@ -249,11 +252,19 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
   del state["blocks.1.attn.proj.weight"], state["norm.bias"]
   broken = tmp_path / "broken.pth"
   torch.save(state, broken)
-  with pytest.raises(convert_dinov2.CheckpointError, match=r"broken.pth: missing keys \['norm.bias'\]"):
+  missing = r"broken.pth: missing keys \['norm.bias'\]"
+  with pytest.raises(convert_dinov2.CheckpointError, match=missing):
     convert_dinov2.convert(str(broken))
   state["norm.bias"] = torch.zeros(128)
   torch.save(state, broken)
-  with pytest.raises(convert_dinov2.CheckpointError, match=r"missing keys \['blocks.1.attn.proj.weight'\]"):
+  missing = r"missing keys \['blocks.1.attn.proj.weight'\]"
+  with pytest.raises(convert_dinov2.CheckpointError, match=missing):
+    convert_dinov2.convert(str(broken))
+  state["blocks.1.attn.proj.weight"] = torch.zeros(128, 128)
+
+  state["head.weight"] = torch.zeros(10, 128)
+  torch.save(state, broken)
+  with pytest.warns(UserWarning, match=r"ignoring 1 checkpoint entries .*'head.weight'"):
     convert_dinov2.convert(str(broken))
 
   monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
@@ -270,3 +281,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch):
     dinov2.load(str(bogus))
   with pytest.raises(FileNotFoundError, match="missing.msgpack"):
     dinov2.load(str(tmp_path / "missing.msgpack"))
+  with pytest.raises(SystemExit):  # torch is still hidden: the CLI says so in one line
+    dinov2.main(["convert", str(foreign), str(tmp_path / "out.msgpack")])
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "foreign.pth: reading PyTorch checkpoints" in err

@@ -1,4 +1,4 @@
-"""Read DINOv2 checkpoints (official PyTorch, timm, Hugging Face) into `vit.VisionTransformer` params.
+"""Read DINOv2 checkpoints (official PyTorch, timm, Hugging Face) as `vit.VisionTransformer` params.
 
 Three layouts are understood, recognised from the keys:
 - official (facebookresearch/dinov2 `dinov2_vit*14*_pretrain.pth`): `cls_token`, `pos_embed` with a
@@ -16,13 +16,14 @@ The variant (width, depth, heads, registers, feed-forward kind and size, qkv bia
 inferred from the weights; heads come from the HF config when there is one, else from DINOv2's
 head size of 64. The position-embedding interpolation defaults to what the source's own code does:
 official without registers: interpolate_offset 0.1, no antialiasing; official with registers, timm
-and HF Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers >= 4.45): exact size,
+and HF Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers 5.24): exact size,
 not antialiased. `mask_token` (used only for masked pretraining) is dropped.
 """
 import json
 import math
 import os
 import re
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -113,8 +114,9 @@ _HF_RENAMES = [
     (r"\.mlp\.weights_in\.", ".mlp.w12."),
     (r"^layernorm\.", "norm."),
 ]
-_HF_SPLIT = re.compile(r"^(blocks\.\d+)\.(?:attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|"
-                       r"v_proj)|mlp\.(gate_proj|up_proj))\.(weight|bias)$")
+_HF_SPLIT = re.compile(r"^(blocks\.\d+)\.(?:attention\.(?:attention\.)?"
+                       r"(query|key|value|q_proj|k_proj|v_proj)|mlp\.(gate_proj|up_proj))"
+                       r"\.(weight|bias)$")
 _QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}
 _GATE_UP_ORDER = {"gate_proj": 0, "up_proj": 1}
 
@@ -141,7 +143,8 @@ def _hf_to_official(tensors: Checkpoint, source: str) -> Checkpoint:
   for fused, parts in pieces.items():
     expected = 3 if ".qkv." in fused else 2
     if sorted(parts) != list(range(expected)):
-      raise CheckpointError(f"{source}: {fused} has only {len(parts)} of its {expected} projections")
+      raise CheckpointError(f"{source}: {fused} has only {len(parts)} of its {expected} "
+                            "projections")
     out[fused] = np.concatenate([parts[i] for i in range(expected)], axis=0)
   return out
 
@@ -207,7 +210,8 @@ def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> 
   _require(tensors, ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
                      "norm.weight", "norm.bias"], source)
   width = tensors["cls_token"].shape[-1]
-  blocks = sorted({int(m.group(1)) for k in tensors for m in [re.match(r"^blocks\.(\d+)\.", k)] if m})
+  blocks = sorted({int(m.group(1)) for m in (re.match(r"^blocks\.(\d+)\.", k) for k in tensors)
+                   if m})
   if not blocks or blocks != list(range(len(blocks))):
     raise CheckpointError(f"{source}: transformer blocks must be numbered 0..N-1, found {blocks}")
   swiglu = "blocks.0.mlp.w12.weight" in tensors
@@ -238,8 +242,24 @@ def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> 
   )
 
 
+class _ReadTracker(dict):
+  """A dict that remembers which keys were read, to report checkpoint entries left unused."""
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    self.read = set()
+
+  def __getitem__(self, key):
+    self.read.add(key)
+    return super().__getitem__(key)
+
+
 def to_flax(tensors: Checkpoint, config: Dict[str, Any], source: str) -> Dict[str, Any]:
-  """Official-layout tensors -> the VisionTransformer param tree (numpy float32)."""
+  """Official-layout tensors -> the VisionTransformer param tree (numpy float32).
+
+  Warns about entries it does not use (other than `mask_token`), e.g. a classifier head.
+  """
+  tensors = _ReadTracker(tensors)
   width = config["width"]
   side = config["pos_embed_grid"][0]
   pos = tensors["pos_embed"].reshape(1, -1, width)
@@ -275,6 +295,10 @@ def to_flax(tensors: Checkpoint, config: Dict[str, Any], source: str) -> Dict[st
       block["ls1"] = {"gamma": tensors[f"{b}.ls1.gamma"]}
       block["ls2"] = {"gamma": tensors[f"{b}.ls2.gamma"]}
     params[f"block_{i}"] = block
+  unused = sorted(set(tensors) - tensors.read - {"mask_token"})
+  if unused:
+    warnings.warn(f"{source}: ignoring {len(unused)} checkpoint entries not part of the encoder: "
+                  f"{unused[:8]}", stacklevel=3)
   return params
 
 
@@ -294,6 +318,9 @@ def convert(path: str, num_heads: Optional[int] = None) -> Tuple[Dict[str, Any],
     tensors = _timm_to_official(tensors)
   config = infer_config(tensors, num_heads, path)
   if layout == "hf":
+    if hf_config.get("hidden_act", "gelu") != "gelu":
+      raise CheckpointError(f"{path}: hidden_act {hf_config['hidden_act']!r} is not supported "
+                            "(DINOv2 uses exact GELU)")
     config["layer_norm_eps"] = float(hf_config.get("layer_norm_eps", 1e-6))
     source = "hf_dinov2_registers" if config["num_registers"] else "hf_dinov2"
   elif layout == "official":

@@ -2,8 +2,8 @@
 
 Variants S/B/L/g with patch 14, learnt at 518 px (a 37 x 37 position grid), LayerScale, with or
 without 4 registers. Weights come from official/timm/Hugging Face checkpoints through
-`python -m sheap_jax.models.dinov2 convert IN OUT` (see convert_dinov2.py); OUT is one msgpack file
-(flax.serialization) holding {"format", "config", "params"}, so nothing else needs to travel with it.
+`python -m sheap_jax.models.dinov2 convert IN OUT` (see convert_dinov2.py); OUT is one msgpack
+file (flax.serialization) holding {"format", "config", "params"}, so nothing else travels with it.
 Without weights the model starts from a seeded random initialisation and says so.
 """
 import argparse
@@ -34,7 +34,7 @@ VARIANTS = {
 
 
 def dinov2_config(variant: str = "vits14", registers: bool = False) -> Dict[str, Any]:
-  """VisionTransformer keyword arguments of an official DINOv2 variant (as its hub entry builds it)."""
+  """VisionTransformer keyword arguments of an official DINOv2 variant, as its hub entry has it."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown DINOv2 variant {variant!r}; expected one of {sorted(VARIANTS)}")
   width, depth, heads, ffn = VARIANTS[variant]
@@ -78,8 +78,11 @@ def load(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   config, params = json.loads(blob["config"]), blob["params"]
   expected = jax.eval_shape(build(config).init, jax.random.PRNGKey(0),
                             jnp.zeros((1, config["patch_size"], config["patch_size"], 3)))["params"]
-  want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
-  have = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  def shapes(tree):
+    return {jax.tree_util.keystr(k): np.shape(v)
+            for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+  want, have = shapes(expected), shapes(params)
   if want != have:
     missing = sorted(set(want) - set(have))
     wrong = sorted(k for k in set(want) & set(have) if want[k] != have[k])
@@ -122,17 +125,21 @@ def frozen_features(model: vit.VisionTransformer, params: Dict[str, Any],
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m sheap_jax.models.dinov2", description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
-  conv = sub.add_parser("convert", help="convert an official/timm .pth or HF safetensors checkpoint")
+  conv = sub.add_parser("convert", help="convert an official/timm .pth or HF safetensors file")
   conv.add_argument("input", help=".pth/.pt/.bin state dict, .safetensors file or HF model folder")
   conv.add_argument("output", help="output .msgpack file")
   conv.add_argument("--num-heads", type=int, default=None,
                     help="attention heads (default: HF config, else width / 64 as in DINOv2)")
   conv.add_argument("--pos-interp-offset", type=float, default=None,
-                    help="override the position-embedding interpolate_offset (default: the source's)")
+                    help="override the position-embedding interpolate_offset "
+                    "(default: the source's)")
   conv.add_argument("--pos-interp-antialias", choices=("true", "false"), default=None,
                     help="override antialiased position-embedding resampling")
   args = parser.parse_args(argv)
-  config, params = convert_dinov2.convert(args.input, args.num_heads)
+  try:
+    config, params = convert_dinov2.convert(args.input, args.num_heads)
+  except (convert_dinov2.CheckpointError, FileNotFoundError, ImportError) as e:
+    parser.exit(1, f"error: {e}\n")
   if args.pos_interp_offset is not None:
     config["pos_interp_offset"] = args.pos_interp_offset
   if args.pos_interp_antialias is not None:

@@ -1,8 +1,8 @@
 """A configurable Vision Transformer encoder (Flax Linen), shared by DINOv2 and the SHeaP predictor.
 
-The block layout follows DINOv2 (pre-norm blocks, optional LayerScale, GELU MLP or SwiGLU feed-forward,
-optional register tokens inserted after the class token without position embeddings), which also
-covers the plain ViT (LayerScale off, no registers).
+The block layout follows DINOv2 (pre-norm blocks, optional LayerScale, GELU MLP or SwiGLU
+feed-forward, optional register tokens inserted after the class token without position
+embeddings), which also covers the plain ViT (LayerScale off, no registers).
 
 Parameter tree (names are stable; the DINOv2 weight converter writes exactly these):
   patch_embed/{kernel (p, p, C, D), bias (D,)}
