@@ -201,7 +201,7 @@ def _dynamic_contour_row(rotations: jnp.ndarray, num_rows: int) -> jnp.ndarray:
 
 
 def _barycentric_points(vertices, faces, lmk_faces, lmk_bary):
-  """(B, L, 3) points at barycentric coordinates lmk_bary ((B,) L, 3) in faces lmk_faces ((B,) L)."""
+  """(B, L, 3) points at barycentrics lmk_bary ((B,) L, 3) in the faces lmk_faces ((B,) L)."""
   batch = vertices.shape[0]
   lmk_faces = jnp.broadcast_to(lmk_faces, (batch,) + lmk_faces.shape[-1:])
   lmk_bary = jnp.broadcast_to(lmk_bary, (batch,) + lmk_bary.shape[-2:])

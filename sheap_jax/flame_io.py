@@ -9,11 +9,12 @@ A FLAME model in memory is a plain dict of numpy arrays, "assets" (docs/flame.md
 On disk it is either FLAME's own layout (a directory with generic_model.pkl or flame2023.pkl,
 landmark_embedding.npy, head_template.obj, FLAME_masks.pkl, l_eyelid.npy, r_eyelid.npy) or the
 project's single chumpy-free `.npz`. FLAME's pickles were written by Python 2 with chumpy `Ch`
-arrays; a restricted unpickler maps `Ch` to the ndarray in its state and refuses any class it
-does not know, so reading a file never runs code from it. Any problem with a file raises one
+arrays; a restricted unpickler maps `Ch` to the ndarray in its state, reads plainly pickled
+torch tensors (DECA's landmark embedding) as numpy arrays without torch, and refuses any class
+it does not know, so reading a file never runs code from it. Any problem with a file raises one
 `FlameFileError` naming the file and what is wrong.
 
-Command line (files that only torch can read):
+Command line, for files only torch can read (torch.save's .pt, e.g. SHeaP's eyelids):
   python -m sheap_jax.flame_io convert-pt IN.pt OUT.npy
 """
 import argparse
@@ -25,6 +26,11 @@ import zipfile
 
 import numpy as np
 import scipy.sparse
+
+try:
+  from numpy._core import multiarray as _multiarray, numeric as _numeric
+except ImportError:  # numpy < 2
+  from numpy.core import multiarray as _multiarray, numeric as _numeric
 
 MODEL_FILE_NAMES = ("generic_model.pkl", "flame2023.pkl", "flame2023_no_jaw.pkl")
 LANDMARK_EMBEDDING_FILE = "landmark_embedding.npy"
@@ -75,12 +81,12 @@ def _sparse_stand_in(fmt: str):
   return type(f"_Sparse_{fmt}", (_SparseMatrix,), {"format": fmt})
 
 
-def _numpy_classes(module: str) -> dict:
-  core = module.rsplit(".", 1)[0]
+def _numpy_classes(core: str) -> dict:
+  """What pickled arrays reference, under numpy 1 (numpy.core) or 2 (numpy._core) names."""
   return {
-      (module, "_reconstruct"): np._core.multiarray._reconstruct,
-      (module, "scalar"): np._core.multiarray.scalar,
-      (core + ".numeric", "_frombuffer"): np._core.numeric._frombuffer,
+      (core + ".multiarray", "_reconstruct"): _multiarray._reconstruct,
+      (core + ".multiarray", "scalar"): _multiarray.scalar,
+      (core + ".numeric", "_frombuffer"): _numeric._frombuffer,
   }
 
 
@@ -94,14 +100,15 @@ _ALLOWED_CLASSES = {
     ("builtins", "frozenset"): frozenset,
     ("collections", "OrderedDict"): dict,
     ("_codecs", "encode"): lambda text, encoding: text.encode(encoding),  # Python-3 bytes
-    **_numpy_classes("numpy.core.multiarray"),
-    **_numpy_classes("numpy._core.multiarray"),
+    **_numpy_classes("numpy.core"),
+    **_numpy_classes("numpy._core"),
 }
 _SPARSE_FORMATS = {"csc_matrix": "csc", "csr_matrix": "csr", "coo_matrix": "coo"}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-  """Unpickles numpy arrays, chumpy Ch arrays, scipy sparse matrices and builtins, nothing else."""
+  """Unpickles numpy arrays, chumpy Ch arrays, scipy sparse matrices, plainly pickled torch
+  tensors (as numpy arrays, without torch) and builtins; nothing else."""
 
   def __init__(self, file, path):
     super().__init__(file, encoding="latin1")
@@ -112,15 +119,94 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return _ALLOWED_CLASSES[(module, name)]
     if module.startswith("scipy.sparse") and name in _SPARSE_FORMATS:
       return _sparse_stand_in(_SPARSE_FORMATS[name])
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+      return lambda *args: _rebuild_tensor(self._path, *args)
+    if (module, name) == ("torch.storage", "_load_from_bytes"):
+      return lambda data: _read_torch_storage(data, self._path)
     if module.split(".")[0] == "torch":
       raise FlameFileError(
-          self._path, "holds torch tensors, which need torch to read; convert it once with "
-          f"`python -m sheap_jax.flame_io convert-pt {self._path} OUT.npy` (needs torch)")
+          self._path, f"holds torch objects ({module}.{name}) that need torch to read; convert "
+          f"it once with `python -m sheap_jax.flame_io convert-pt {self._path} OUT.npy`")
     raise FlameFileError(self._path, f"unexpected class {module}.{name} in the pickle "
                          "(not a FLAME file, or a FLAME file holding something unsupported)")
 
   def persistent_load(self, pid):
     raise FlameFileError(self._path, "holds persistent references (a torch file?), not FLAME data")
+
+
+# ----------------------------------------------------------------------------------------------
+# Torch tensors pickled with plain pickle (DECA's landmark_embedding.npy holds some), read
+# without torch. A tensor pickles as _rebuild_tensor_v2(storage, offset, size, stride, ...);
+# its storage as _load_from_bytes(bytes of torch's legacy torch.save format): five pickles
+# (magic number, protocol version, system info, the storage as a persistent id, storage keys),
+# then per storage its element count (int64) and raw little-endian data.
+
+_TORCH_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+_TORCH_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _TorchStorageUnpickler(pickle.Unpickler):
+  """Reads the pickles of torch's legacy storage format; storage types become numpy dtypes."""
+
+  def __init__(self, file, path):
+    super().__init__(file, encoding="latin1")
+    self._path = path
+    self.storages = {}  # key -> (dtype, element count)
+
+  def find_class(self, module, name):
+    if module == "torch" and name in _TORCH_STORAGE_DTYPES:
+      return np.dtype(_TORCH_STORAGE_DTYPES[name])
+    raise FlameFileError(self._path, f"unexpected class {module}.{name} in a torch storage")
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+      raise FlameFileError(self._path, f"unsupported torch storage reference {pid!r}")
+    _, dtype, key, _, numel = pid[:5]
+    if len(pid) > 5 and pid[5] is not None:
+      raise FlameFileError(self._path, "holds a torch storage view (torch < 1.0); convert it "
+                           "with `python -m sheap_jax.flame_io convert-pt`")
+    self.storages[key] = (dtype, int(numel))
+    return key
+
+
+def _read_torch_storage(data: bytes, path) -> np.ndarray:
+  stream = io.BytesIO(data)
+  unpickler = _TorchStorageUnpickler(stream, path)
+  try:
+    magic, _, sys_info = unpickler.load(), unpickler.load(), unpickler.load()
+    if magic != _TORCH_LEGACY_MAGIC or not sys_info.get("little_endian", False):
+      raise FlameFileError(path, "holds a torch storage in an unknown format")
+    root, keys = unpickler.load(), unpickler.load()
+    arrays = {}
+    for key in keys:
+      dtype, numel = unpickler.storages[key]
+      count = int(np.frombuffer(stream.read(8), "<i8")[0])
+      if count != numel:
+        raise FlameFileError(path, "holds a torch storage whose size does not match its header")
+      raw = stream.read(count * dtype.itemsize)
+      arrays[key] = np.frombuffer(raw, dtype.newbyteorder("<")).astype(dtype)
+    return arrays[root]
+  except FlameFileError:
+    raise
+  except Exception as e:  # truncated or foreign bytes
+    raise FlameFileError(path, f"holds an unreadable torch storage ({type(e).__name__}: {e})") \
+        from None
+
+
+def _rebuild_tensor(path, storage, offset, size, stride, *unused):
+  """A tensor's values as a numpy array, from its storage and (offset, size, stride)."""
+  size, stride = tuple(size), tuple(stride)
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride) if n > 0)
+  if offset < 0 or any(s < 0 for s in stride) or (all(size) and last >= storage.size):
+    raise FlameFileError(path, "holds a torch tensor that reaches outside its storage")
+  if not all(size):
+    return np.zeros(size, storage.dtype)
+  strides = tuple(s * storage.itemsize for s in stride)
+  return np.lib.stride_tricks.as_strided(storage[offset:], size, strides).copy()
 
 
 def _convert_stand_ins(obj, path):
@@ -319,7 +405,11 @@ def validate_landmark_embedding(embedding, path, num_faces: int) -> dict:
   return out
 
 
+_EXTRAS = ("landmark_embedding", "vt", "masks", "eyelids")
+
+
 def _validate_extras(assets: dict, sources: dict) -> dict:
+  """Checks the extras present against the model; sources names each one's file."""
   num_v, num_f = assets["v_template"].shape[0], assets["f"].shape[0]
   if "landmark_embedding" in assets:
     assets["landmark_embedding"] = validate_landmark_embedding(
@@ -390,47 +480,41 @@ def load_flame_assets(path, *, landmark_embedding=None, uv_template=None, masks=
 
   Args:
     path: the project's `.npz`; a FLAME model pickle (generic_model.pkl, flame2023.pkl); or a
-      directory holding one, in which case the extras are read from FLAME's file names in it
-      when present.
+      directory holding one. Next to a pickle, the extras are read from FLAME's file names when
+      present.
     landmark_embedding, uv_template, masks: paths that override those found next to the model.
     eyelids: a path to a (2, V, 3) or (V, 3, 2) `.npy`, or a pair of (V, 3) `.npy` [left, right].
   """
   path = os.fspath(path)
   if path.endswith(".npz"):
-    assets, sources = _load_npz(path), None
-  else:
-    model_path = _find_model_file(path) if os.path.isdir(path) else path
-    assets = validate_model(read_pickle(model_path), model_path)
-    sources = {"model": model_path}
-    directory = os.path.dirname(model_path)
-    defaults = {
-        "landmark_embedding": os.path.join(directory, LANDMARK_EMBEDDING_FILE),
-        "vt": os.path.join(directory, UV_TEMPLATE_FILE),
-        "masks": os.path.join(directory, MASKS_FILE),
-    }
-    for key, default in defaults.items():
-      sources[key] = default if os.path.isfile(default) else None
-    eyelid_default = [os.path.join(directory, n) for n in EYELID_FILES]
-    sources["eyelids"] = eyelid_default if all(map(os.path.isfile, eyelid_default)) else None
-    explicit = {"landmark_embedding": landmark_embedding, "vt": uv_template, "masks": masks,
-                "eyelids": eyelids}
-    for key, value in explicit.items():
-      if value is not None:
-        sources[key] = value
-    if sources["landmark_embedding"] is not None:
-      assets["landmark_embedding"] = read_npy(sources["landmark_embedding"], allow_object=True)
-    if sources["vt"] is not None:
-      assets["vt"], assets["ft"] = read_uv_obj(sources["vt"])
-    if sources["masks"] is not None:
-      assets["masks"] = read_pickle(sources["masks"])
-    if sources["eyelids"] is not None:
-      eyelid_paths = sources["eyelids"]
-      eyelid_paths = ([eyelid_paths] if isinstance(eyelid_paths, (str, os.PathLike))
-                      else list(eyelid_paths))
-      sources["eyelids"] = eyelid_paths[0]
-      assets["eyelids"] = _read_eyelids(eyelid_paths)
-  if sources is None:
-    sources = {k: path for k in ("model", "landmark_embedding", "vt", "masks", "eyelids")}
+    return _validate_extras(_load_npz(path), dict.fromkeys(_EXTRAS, path))
+  model_path = _find_model_file(path) if os.path.isdir(path) else path
+  assets = validate_model(read_pickle(model_path), model_path)
+  directory = os.path.dirname(model_path)
+
+  def beside_model(name):
+    candidate = os.path.join(directory, name)
+    return candidate if os.path.isfile(candidate) else None
+
+  if eyelids is None:
+    eyelids = [beside_model(n) for n in EYELID_FILES]
+    eyelids = eyelids if all(eyelids) else None
+  elif isinstance(eyelids, (str, os.PathLike)):
+    eyelids = [eyelids]
+  sources = {
+      "landmark_embedding": landmark_embedding or beside_model(LANDMARK_EMBEDDING_FILE),
+      "vt": uv_template or beside_model(UV_TEMPLATE_FILE),
+      "masks": masks or beside_model(MASKS_FILE),
+      "eyelids": eyelids[0] if eyelids else None,
+  }
+  if sources["landmark_embedding"]:
+    assets["landmark_embedding"] = read_npy(sources["landmark_embedding"], allow_object=True)
+  if sources["vt"]:
+    assets["vt"], assets["ft"] = read_uv_obj(sources["vt"])
+  if sources["masks"]:
+    assets["masks"] = read_pickle(sources["masks"])
+  if eyelids:
+    assets["eyelids"] = _read_eyelids(list(eyelids))
   return _validate_extras(assets, sources)
 
 
@@ -496,15 +580,17 @@ def save_flame(path, assets: dict):
 
   The directory holds generic_model.pkl (a plain-numpy pickle, no chumpy), and, for the extras
   present, landmark_embedding.npy, head_template.obj, FLAME_masks.pkl, l_eyelid.npy and
-  r_eyelid.npy. Same arrays, same bytes.
+  r_eyelid.npy. Same arrays, same bytes. Assets that would not load back are refused before
+  anything is written.
   """
   path = os.fspath(path)
+  assets = _validate_extras({**assets, **validate_model(assets, path)},
+                            dict.fromkeys(_EXTRAS, path))
   if path.endswith(".npz"):
     _write_npz(path, _flatten(assets))
     return
   os.makedirs(path, exist_ok=True)
   model = {k: assets[k] for k in MODEL_KEYS}
-  model["J_regressor"] = scipy.sparse.csc_matrix(model["J_regressor"])
   with open(os.path.join(path, MODEL_FILE_NAMES[0]), "wb") as f:
     pickle.dump(model, f, protocol=2)
   if "landmark_embedding" in assets:
