@@ -8,11 +8,11 @@ when given, UV centroid) and the identity features f. Each block then
      adjacency from `mesh_topology.face_adjacency`),
   2. cross-attends from the faces to the DINOv2 tokens of the source image,
   3. applies an MLP,
-with every block's inputs FiLM-modulated by f (LayerNorm, then x (1 + gamma(f)) + beta(f), the
-modulation zero-initialised). A final layer gives K Gaussians per face, each with a local
-offset (3), rotation (4), two disc scales (2), opacity (1) and features (C), in the
-triangle-local units of `sheap_jax.rigging` (offsets and scales in multiples of the face
-scale k). Initial outputs are sensible splats: slots spread on a small circle around the
+with the exchange's and the MLP's inputs FiLM-modulated by f (LayerNorm, then
+x (1 + gamma(f)) + beta(f), the modulation zero-initialised). A final layer gives K Gaussians
+per face, each with a local offset (3), rotation (4), two disc scales (2), opacity (1) and
+features (C), in the triangle-local units of `sheap_jax.rigging` (offsets and scales in
+multiples of the face scale k). Initial outputs are sensible splats: slots spread on a small circle around the
 centroid, flat in the face plane, scale `init_scale / sqrt(K)` times k, opacity
 `init_opacity`, albedo grey (0.5); the final layer starts small (not zero) so that gradients
 reach every parameter from the first step.
@@ -128,7 +128,8 @@ class CrossAttention(nn.Module):
 
 
 class RegressorBlock(nn.Module):
-  """Neighbour exchange, cross-attention to image tokens, MLP; each residual, FiLM-ed by f."""
+  """Neighbour exchange, cross-attention to image tokens, MLP, each residual; the exchange's
+  and the MLP's inputs are FiLM-ed by f, the attention's queries plainly normalised."""
 
   num_heads: int
   mlp_ratio: int = 4
