@@ -12,10 +12,10 @@ with the exchange's and the MLP's inputs FiLM-modulated by f (LayerNorm, then
 x (1 + gamma(f)) + beta(f), the modulation zero-initialised). A final layer gives K Gaussians
 per face, each with a local offset (3), rotation (4), two disc scales (2), opacity (1) and
 features (C), in the triangle-local units of `sheap_jax.rigging` (offsets and scales in
-multiples of the face scale k). Initial outputs are sensible splats: slots spread on a small circle around the
-centroid, flat in the face plane, scale `init_scale / sqrt(K)` times k, opacity
-`init_opacity`, albedo grey (0.5); the final layer starts small (not zero) so that gradients
-reach every parameter from the first step.
+multiples of the face scale k). Initial outputs are sensible splats: slots spread on a small
+circle around the centroid, flat in the face plane, scale `init_scale / sqrt(K)` times k,
+opacity `init_opacity`, albedo grey (0.5); the final layer starts small (not zero) so that
+gradients reach every parameter from the first step.
 """
 import math
 
