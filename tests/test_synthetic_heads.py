@@ -147,8 +147,9 @@ def _landmark_regions(static):
   jaw_edge = unassigned[template[unassigned, 1] < -0.06]
   scalp = m["scalp"]
   cheek_sides = scalp[(template[scalp, 1] < 0.02) & (template[scalp, 2] > -0.03)]
-  groups = [(range(0, 17), np.concatenate([union("face", "neck", "left_ear", "right_ear"),
-                                           jaw_edge, cheek_sides])), (range(17, 27), union("face", "forehead")),
+  jaw_line = np.concatenate([union("face", "neck", "left_ear", "right_ear"), jaw_edge,
+                             cheek_sides])
+  groups = [(range(0, 17), jaw_line), (range(17, 27), union("face", "forehead")),
             (range(27, 36), union("nose", "face")),
             (range(36, 48), union("eye_region", "left_eyeball", "right_eyeball")),
             (range(48, 68), union("lips"))]

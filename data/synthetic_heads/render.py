@@ -49,9 +49,13 @@ def build_scene(static: assets_lib.HeadAssets) -> Scene:
   num_v = static.num_head_vertices
   num_hair_v = len(static.hair.source)
   head_faces = np.asarray(static.model.faces)
-  faces = np.concatenate([head_faces, static.hair.faces + num_v,
+  # The shell is open: give it an inner side too, so back-face culling never shows a hole
+  # where its rim stands off the head.
+  hair_faces = np.concatenate([static.hair.faces, static.hair.faces[:, ::-1]])
+  hair_uv_faces = np.concatenate([static.hair.uv_faces, static.hair.uv_faces[:, ::-1]])
+  faces = np.concatenate([head_faces, hair_faces + num_v,
                           static.torso.faces + num_v + num_hair_v]).astype(np.int32)
-  uv_faces = np.concatenate([static.uv_faces, static.hair.uv_faces,
+  uv_faces = np.concatenate([static.uv_faces, hair_uv_faces,
                              np.zeros_like(static.torso.faces)]).astype(np.int32)
   rest = np.zeros((num_v + num_hair_v + len(static.torso.vertices), 3), np.float32)
   rest[num_v + num_hair_v:] = static.torso.vertices
@@ -62,7 +66,7 @@ def build_scene(static: assets_lib.HeadAssets) -> Scene:
                hair_height=jnp.asarray(static.hair.height),
                torso_rest=jnp.asarray(static.torso.vertices - static.torso.root_joint),
                num_head_faces=len(head_faces),
-               num_hair_faces=len(static.hair.faces))
+               num_hair_faces=len(hair_faces))
 
 
 @struct.dataclass
