@@ -46,6 +46,7 @@ def project(means, quats, scales, viewmat, K):
 def render(means, quats, scales, opacities, features, viewmat, K, width, height, background):
   """The official per-pixel loop for one image; returns (buffers dict, margin (H, W)).
 
+  buffers also holds `stopped`, the pixels the early stop (T < 1e-4) ended.
   margin: the smallest relative distance of any decision this pixel took to its threshold.
   """
   transforms, means2d, depths, normals, visible = project(means, quats, scales, viewmat, K)
@@ -109,7 +110,7 @@ def render(means, quats, scales, opacities, features, viewmat, K, width, height,
       color=(color + T[:, None] * np.asarray(background, np.float64)).reshape(shape + (-1,)),
       alpha=alpha_out.reshape(shape), depth=expected_depth.reshape(shape),
       median_depth=median.reshape(shape), normals=normal_sum.reshape(shape + (3,)),
-      distortion=distortion.reshape(shape))
+      distortion=distortion.reshape(shape), stopped=done.reshape(shape))
   return buffers, margin.reshape(shape)
 
 

@@ -6,6 +6,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import rasterizer
 import test_rasterizer_oracle as oracle
@@ -130,12 +131,14 @@ def check_empty_scene(impl):
     np.testing.assert_array_equal(got[output], 0, err_msg=output)
 
 
-def test_single_splat_cases_behave_as_the_official_rasteriser():
-  check_single_splat_cases("reference")
+@pytest.mark.parametrize("impl", ["reference", "tiled"])
+def test_single_splat_cases_behave_as_the_official_rasteriser(impl):
+  check_single_splat_cases(impl)
 
 
-def test_empty_scene_renders_the_background():
-  check_empty_scene("reference")
+@pytest.mark.parametrize("impl", ["reference", "tiled"])
+def test_empty_scene_renders_the_background(impl):
+  check_empty_scene(impl)
 
 
 def _well_conditioned_scene(rng, width, height, K):
