@@ -25,13 +25,14 @@ import rasterizer  # noqa: E402
 
 
 def _median_ms(compiled, args, repeats):
-  """Median wall time of an ahead-of-time compiled function (no warm-up run is needed)."""
+  """Median wall time of an ahead-of-time compiled function (no warm-up run is needed), and
+  its last result."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
+    result = jax.block_until_ready(compiled(*args))
     times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+  return statistics.median(times), result
 
 
 def _loss(output: rasterizer.RasterOutput):
@@ -51,15 +52,14 @@ def _peak_bytes(compiled):
   return analysis.temp_size_in_bytes + analysis.output_size_in_bytes, "xla_temp_plus_output"
 
 
-def measure(impl, size, n_splats, repeats, options):
+def measure(impl, size, n_splats, repeats):
   splats = scenes.head_scene(n_splats)
   viewmat, K = scenes.camera(size, size)
   viewmats, Ks = viewmat[None], K[None]
   background = jnp.ones((3,), jnp.float32)
 
   def render(splats, viewmats):
-    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl,
-                                **options)
+    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl)
 
   args = (splats, viewmats)
   start = time.perf_counter()
@@ -68,11 +68,11 @@ def measure(impl, size, n_splats, repeats, options):
       jax.grad(lambda s, v: _loss(render(s, v)), argnums=(0, 1))).lower(*args).compile()
   record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
                 device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                jax_version=jax.__version__, repeats=repeats, options=options,
+                jax_version=jax.__version__, repeats=repeats,
                 compile_s=time.perf_counter() - start)
-  record["pairs_dropped"] = int(forward(*args).pairs_dropped[0])
-  record["fwd_ms"] = _median_ms(forward, args, repeats)
-  record["fwd_bwd_ms"] = _median_ms(forward_backward, args, repeats)
+  record["fwd_ms"], output = _median_ms(forward, args, repeats)
+  record["pairs_dropped"] = int(output.pairs_dropped[0])
+  record["fwd_bwd_ms"], _ = _median_ms(forward_backward, args, repeats)
   record["fwd_bwd_peak_bytes"], record["peak_bytes_method"] = _peak_bytes(forward_backward)
   return record
 
@@ -85,8 +85,6 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--reference-repeats", type=int, default=None,
                       help="repeats for the (slow) reference; default --repeats")
-  parser.add_argument("--pallas-interpret", action="store_true",
-                      help="run the Pallas kernels in interpret mode (CPU)")
   parser.add_argument("--out", default="bench/results/rasterizer.json")
   args = parser.parse_args(argv)
   impls = args.impls.split(",")
@@ -95,10 +93,9 @@ def main(argv=None):
     for n_splats in [int(n) for n in args.splats.split(",")]:
       row = {}
       for impl in impls:
-        options = {"interpret": True} if impl == "pallas" and args.pallas_interpret else {}
         try:
           repeats = args.reference_repeats if impl == "reference" else None
-          record = measure(impl, size, n_splats, repeats or args.repeats, options)
+          record = measure(impl, size, n_splats, repeats or args.repeats)
         except Exception as error:  # one implementation failing must not end the run
           record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
                         device=str(jax.devices()[0].device_kind), fwd_ms=None, fwd_bwd_ms=None,

@@ -10,6 +10,7 @@ kernel bodies all call these functions, so the paths cannot drift apart.
 from typing import Optional, Sequence
 
 from flax import struct
+import jax
 import jax.numpy as jnp
 
 from rasterizer import types
@@ -117,8 +118,12 @@ class BlockTerms:
   weights: jnp.ndarray  # w = alpha T_before (0 where not composited)
   one_minus_alpha: jnp.ndarray  # 1 - alpha (1 where not composited)
   t_before: jnp.ndarray  # incoming transmittance
-  depth: jnp.ndarray
   m: jnp.ndarray  # normalized depth
+
+
+def _weighted_sum(w, values):
+  """(P, K) weights times (K, D) values, in full float32 (GPUs default to TF32 for matmuls)."""
+  return jnp.matmul(w, values, precision=jax.lax.Precision.HIGHEST)
 
 
 def _exclusive_cumprod(x):
@@ -184,9 +189,9 @@ def composite_block(
   distortion_terms = w * (m * m * (1.0 - terms.t_before) + m2_before - 2.0 * m * m1_before)
   return CompositeState(
       transmittance=state.transmittance * jnp.prod(terms.one_minus_alpha, axis=1),
-      color=state.color + w @ block.features,
+      color=state.color + _weighted_sum(w, block.features),
       depth_sum=state.depth_sum + jnp.sum(w * depth, axis=1),
-      normal_sum=state.normal_sum + w @ block.normals,
+      normal_sum=state.normal_sum + _weighted_sum(w, block.normals),
       median_depth=median_depth,
       m1=state.m1 + jnp.sum(wm, axis=1),
       m2=state.m2 + jnp.sum(wm * m, axis=1),
@@ -204,7 +209,7 @@ def _block_terms(t_in, alpha, depth, composited) -> BlockTerms:
   one_minus_alpha = 1.0 - a
   t_before = t_in[:, None] * _exclusive_cumprod(one_minus_alpha)
   return BlockTerms(
-      weights=a * t_before, one_minus_alpha=one_minus_alpha, t_before=t_before, depth=depth,
+      weights=a * t_before, one_minus_alpha=one_minus_alpha, t_before=t_before,
       m=normalized_depth(depth))
 
 
@@ -237,9 +242,9 @@ def uncomposite_block(
   distortion_terms = w * (m * m * (1.0 - terms.t_before) + m2_before - 2.0 * m * m1_before)
   return state_out.replace(
       transmittance=t_in,
-      color=state_out.color - w @ block.features,
+      color=state_out.color - _weighted_sum(w, block.features),
       depth_sum=state_out.depth_sum - jnp.sum(w * depth, axis=1),
-      normal_sum=state_out.normal_sum - w @ block.normals,
+      normal_sum=state_out.normal_sum - _weighted_sum(w, block.normals),
       m1=m1_in,
       m2=m2_in,
       distortion=state_out.distortion - jnp.sum(distortion_terms, axis=1),
