@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from rasterizer import binning
 from rasterizer import reference
 from rasterizer import splat_math
+from rasterizer import tiled
 from rasterizer.project import project_splats
 from rasterizer.types import ProjectedSplats, RasterOutput, Splats, TileBins
 
@@ -35,10 +36,9 @@ def _composite(projected, width, height, impl, capacity, impl_options):
     return reference.composite_reference(projected, width, height, **impl_options), jnp.int32(0)
   bins = binning.bin_splats(projected, width, height, capacity)
   if impl == "tiled":
-    from rasterizer import tiled
     state = tiled.composite_tiles(projected, bins, width, height, **impl_options)
   else:
-    from rasterizer import pallas_kernels
+    from rasterizer import pallas_kernels  # on first use: it imports the Pallas lowerings
     state = pallas_kernels.composite_tiles(projected, bins, width, height, **impl_options)
   return state, bins.pairs_dropped
 

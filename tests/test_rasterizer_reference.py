@@ -33,7 +33,8 @@ def mismatched_pixels(got, want, atol):
   return bad
 
 
-def test_reference_matches_official_loop_on_random_scenes():
+@pytest.mark.parametrize("impl", ["reference", "tiled"])
+def test_matches_official_loop_on_random_scenes(impl):
   """In float64, so that only threshold decisions (never rounding) can differ: in float32 the
   ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned."""
   rng = np.random.default_rng()
@@ -44,7 +45,8 @@ def test_reference_matches_official_loop_on_random_scenes():
   with jax.enable_x64(True):
     splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
     out = render_jit(splats, jnp.eye(4, dtype=jnp.float64)[None], jnp.asarray(K)[None], width,
-                     height, jnp.asarray(background), impl="reference", pixels_per_chunk=97)
+                     height, jnp.asarray(background), impl=impl,
+                     **(dict(pixels_per_chunk=97) if impl == "reference" else dict(chunk_size=8)))
     got = {name: np.asarray(getattr(out, name))[0] for name in OUTPUTS}
   want, margin = oracle.render(**scene, viewmat=np.eye(4), K=K, width=width, height=height,
                                background=background)

@@ -31,8 +31,11 @@ def _outputs_and_gradients(impl, scene, viewmats, Ks, width, height, background,
 def test_tiled_equals_reference_in_every_output_and_gradient():
   rng = np.random.default_rng()
   width, height, num_splats = 48, 37, 150  # the last tile row is partly outside the image
+  # Normals within 45 degrees of the optical axis: for grazing splats the ray-plane intersection
+  # is ill-conditioned in float32, and both paths then differ from float64 by ~1e-3 of the
+  # largest gradient (forward equality on any orientation is checked in the reference tests).
   scene = oracle.random_scene(rng, num_splats, extent=0.3, scale_range=(0.05, 0.3),
-                              opacity_range=(0.3, 1.0))
+                              opacity_range=(0.3, 1.0), max_tilt_deg=45)
   rotation = oracle.quat_to_rotmat(np.array([1.0, *rng.normal(0, 0.05, 3)]))
   viewmats = np.stack([np.eye(4), np.block([[rotation, rng.normal(0, 0.05, (3, 1))],
                                             [np.zeros((1, 3)), 1]])]).astype(np.float32)
