@@ -121,7 +121,8 @@ def _print_table(records):
             f"{'x ref fwd':>9} {'x ref f+b':>9}  note")
   print(header)
   print("-" * len(header))
-  fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+  fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format(
+      "-", ">" + spec.split(".")[0])
   for r in records:
     print(f"{r['impl']:>10} {r['height']:>5} {r['n_splats']:>7} {fmt(r['fwd_ms'], '10.1f')} "
           f"{fmt(r['fwd_bwd_ms'], '11.1f')} {fmt(r.get('speedup_fwd_vs_reference'), '9.1f')} "
