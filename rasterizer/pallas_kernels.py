@@ -20,7 +20,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jax.experimental import pallas as pl
 
 from rasterizer import splat_math
@@ -39,12 +38,13 @@ GEOM_NORMAL = 12  # 3 values
 GEOM_USED = 15
 GEOM_WIDTH = 16
 
-# Rows of the differentiable per-pixel buffer (num_tiles, PIXEL_ROWS, 256).
-ROW_TRANSMITTANCE, ROW_DEPTH_SUM, ROW_NORMAL, ROW_DISTORTION, ROW_MEDIAN_DEPTH = 0, 1, 2, 5, 6
-PIXEL_ROWS = 7
-# Rows of the saved per-pixel state the backward reads.
-ROW_M1, ROW_M2 = 0, 1  # distortion moments sum(w m), sum(w m^2)
-ROW_END, ROW_MEDIAN_INDEX = 0, 1  # int32: 1 + last composited pair, median pair (-1 if none)
+# Rows of the per-pixel float buffer (num_tiles, PIXEL_ROWS, 256): the running sums.
+ROW_TRANSMITTANCE, ROW_DEPTH_SUM, ROW_NORMAL, ROW_DISTORTION = 0, 1, 2, 5
+ROW_MEDIAN_DEPTH, ROW_M1, ROW_M2 = 6, 7, 8  # M1 = sum w m, M2 = sum w m^2 (distortion moments)
+PIXEL_ROWS = 9
+# Rows of the per-pixel int32 buffer (num_tiles, 3, 256): pair positions in the sorted list.
+ROW_LAST, ROW_MEDIAN, ROW_STOP = 0, 1, 2  # last composited, median, the one that stopped it
+INDEX_ROWS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +108,7 @@ def _alpha_depth(ray, mean, opacity, x, y):
                                       x, y)
 
 
-def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, moments_ref,
-                    index_ref, *, config):
+def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_ref, *, config):
   x, y, inside = _tile_pixels(config.tiles_x, config.width, config.height)
   tile = pl.program_id(0)
   start, end = ranges_ref[tile, 0], ranges_ref[tile, 1]
@@ -121,8 +120,8 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, moment
     return (i < end) & (jnp.max(active.astype(jnp.int32)) > 0)
 
   def body(carry):
-    (i, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, end_index,
-     median_index) = carry
+    (i, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last, median_index,
+     stop_index) = carry
     ray, mean, opacity, normal = _load_geometry(geom_ref, i)
     alpha, z, valid = _alpha_depth(ray, mean, opacity, x, y)
     test_trans = trans * (1.0 - alpha)
@@ -140,45 +139,48 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, moment
     is_median = take & (trans > types.MEDIAN_TRANSMITTANCE)
     median = jnp.where(is_median, z, median)
     median_index = jnp.where(is_median, i, median_index)
-    end_index = jnp.where(take, i + 1, end_index)
+    last = jnp.where(take, i, last)
+    stop_index = jnp.where(stop, i, stop_index)
     trans = jnp.where(take, test_trans, trans)
     active = active & jnp.logical_not(stop)
-    return (i + 1, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, end_index,
-            median_index)
+    return (i + 1, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last,
+            median_index, stop_index)
 
+  no_position = jnp.full((PIXELS,), splat_math.NO_POSITION, jnp.int32)
+  # Pixels outside the image are born stopped, as in the tiled path.
+  not_stopped = jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION)
   init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), jnp.float32), zeros, zeros,
-          zeros, zeros, zeros, zeros, zeros, zeros, jnp.zeros((PIXELS,), jnp.int32),
-          jnp.full((PIXELS,), -1, jnp.int32))
-  (_, _, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, end_index,
-   median_index) = jax.lax.while_loop(cond, body, init)
+          zeros, zeros, zeros, zeros, zeros, zeros, no_position, no_position, not_stopped)
+  (_, _, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last, median_index,
+   stop_index) = jax.lax.while_loop(cond, body, init)
   color_ref[...] = color
   for row, value in ((ROW_TRANSMITTANCE, trans), (ROW_DEPTH_SUM, depth_sum), (ROW_NORMAL, nx),
                      (ROW_NORMAL + 1, ny), (ROW_NORMAL + 2, nz), (ROW_DISTORTION, dist),
-                     (ROW_MEDIAN_DEPTH, median)):
+                     (ROW_MEDIAN_DEPTH, median), (ROW_M1, m1), (ROW_M2, m2)):
     pixel_ref[row, :] = value
-  moments_ref[ROW_M1, :] = m1
-  moments_ref[ROW_M2, :] = m2
-  index_ref[ROW_END, :] = end_index
-  index_ref[ROW_MEDIAN_INDEX, :] = median_index
+  index_ref[ROW_LAST, :] = last
+  index_ref[ROW_MEDIAN, :] = median_index
+  index_ref[ROW_STOP, :] = stop_index
 
 
-def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, moments_ref, index_ref,
-                     dcolor_ref, dpixel_ref, grad_ref, dfeat_ref, *, config):
+def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolor_ref, dpixel_ref,
+                     grad_ref, dfeat_ref, *, config):
   x, y, _ = _tile_pixels(config.tiles_x, config.width, config.height)
   tile = pl.program_id(0)
   start, end = ranges_ref[tile, 0], ranges_ref[tile, 1]
-  end_index = index_ref[ROW_END, :]
-  median_index = index_ref[ROW_MEDIAN_INDEX, :]
+  last_index = index_ref[ROW_LAST, :]
+  median_index = index_ref[ROW_MEDIAN, :]
   final_trans = pixel_ref[ROW_TRANSMITTANCE, :]
   weight_total = 1.0 - final_trans
-  m1_total, m2_total = moments_ref[ROW_M1, :], moments_ref[ROW_M2, :]
+  m1_total, m2_total = pixel_ref[ROW_M1, :], pixel_ref[ROW_M2, :]
   dcolor = dcolor_ref[...]
   dtrans = dpixel_ref[ROW_TRANSMITTANCE, :]
   ddepth = dpixel_ref[ROW_DEPTH_SUM, :]
   dnormal = tuple(dpixel_ref[ROW_NORMAL + k, :] for k in range(3))
   ddist = dpixel_ref[ROW_DISTORTION, :]
   dmedian = dpixel_ref[ROW_MEDIAN_DEPTH, :]
-  last = jnp.maximum(jnp.max(end_index), start)
+  dm1, dm2 = dpixel_ref[ROW_M1, :], dpixel_ref[ROW_M2, :]
+  last = jnp.maximum(jnp.max(last_index) + 1, start)
 
   def write_zeros(i, carry):
     for k in range(GEOM_WIDTH):
@@ -196,23 +198,24 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, moments_ref, ind
       return (alpha, z), valid
 
     (alpha, z), alpha_depth_vjp, valid = jax.vjp(alpha_depth, ray, mean, opacity, has_aux=True)
-    take = valid & (i < end_index)
+    take = valid & (i <= last_index)
     one_minus_alpha = jnp.where(take, 1.0 - alpha, 1.0)
     trans = jnp.where(take, trans / one_minus_alpha, trans)
     w = jnp.where(take, alpha * trans, 0.0)
     z_safe = jnp.where(take, z, 1.0)
     m, m_vjp = jax.vjp(splat_math.normalized_depth, z_safe)
     feature = feat_ref[i, :]
-    # Per-pixel cotangent of this pair's weight: every output is linear in the weights w_j;
+    # Per-pixel cotangent of this pair's weight: the sums are linear in the weights w_j;
     # distortion = 1/2 sum_jk w_j w_k (m_j - m_k)^2 has d/dw_j = m_j^2 W - 2 m_j M1 + M2.
     weight_cotangent = (jnp.sum(dcolor * feature[:, None], axis=0) + ddepth * z_safe
                         + dnormal[0] * normal[0] + dnormal[1] * normal[1]
-                        + dnormal[2] * normal[2]
+                        + dnormal[2] * normal[2] + dm1 * m + dm2 * m * m
                         + ddist * (m * m * weight_total - 2.0 * m * m1_total + m2_total))
     # w_j = alpha_j T_j and T_k (k > j) carry a factor (1 - alpha_j): `behind` sums the
     # cotangent-weighted contributions of everything behind, final transmittance included.
     dalpha = jnp.where(take, trans * weight_cotangent - behind / one_minus_alpha, 0.0)
-    (dz_from_m,) = m_vjp(jnp.where(take, ddist * 2.0 * w * (m * weight_total - m1_total), 0.0))
+    dm = w * (ddist * 2.0 * (m * weight_total - m1_total) + dm1 + 2.0 * dm2 * m)
+    (dz_from_m,) = m_vjp(jnp.where(take, dm, 0.0))
     dz = jnp.where(take, w * ddepth + dz_from_m, 0.0)
     dz = dz + jnp.where(median_index == i, dmedian, 0.0)
     behind = behind + w * weight_cotangent
@@ -247,24 +250,23 @@ def _forward_call(config, ranges, geom, features):
       functools.partial(_forward_kernel, config=config),
       grid=(nt,),
       in_specs=[_whole(ranges.shape), _whole(geom.shape), _whole(features.shape)],
-      out_specs=[_per_tile(channels), _per_tile(PIXEL_ROWS), _per_tile(2), _per_tile(2)],
+      out_specs=[_per_tile(channels), _per_tile(PIXEL_ROWS), _per_tile(INDEX_ROWS)],
       out_shape=[jax.ShapeDtypeStruct((nt, channels, PIXELS), jnp.float32),
                  jax.ShapeDtypeStruct((nt, PIXEL_ROWS, PIXELS), jnp.float32),
-                 jax.ShapeDtypeStruct((nt, 2, PIXELS), jnp.float32),
-                 jax.ShapeDtypeStruct((nt, 2, PIXELS), jnp.int32)],
+                 jax.ShapeDtypeStruct((nt, INDEX_ROWS, PIXELS), jnp.int32)],
       interpret=config.interpret,
       compiler_params=_compiler_params(config),
       name="rasterize_2dgs_forward",
   )(ranges, geom, features)
 
 
-def _backward_call(config, ranges, geom, features, pixel, moments, index, dcolor, dpixel):
+def _backward_call(config, ranges, geom, features, pixel, index, dcolor, dpixel):
   capacity, channels = features.shape
   return pl.pallas_call(
       functools.partial(_backward_kernel, config=config),
       grid=(config.num_tiles,),
       in_specs=[_whole(ranges.shape), _whole(geom.shape), _whole(features.shape),
-                _per_tile(PIXEL_ROWS), _per_tile(2), _per_tile(2), _per_tile(channels),
+                _per_tile(PIXEL_ROWS), _per_tile(INDEX_ROWS), _per_tile(channels),
                 _per_tile(PIXEL_ROWS)],
       out_specs=[_whole((capacity, GEOM_WIDTH)), _whole((capacity, channels))],
       out_shape=[jax.ShapeDtypeStruct((capacity, GEOM_WIDTH), jnp.float32),
@@ -272,7 +274,7 @@ def _backward_call(config, ranges, geom, features, pixel, moments, index, dcolor
       interpret=config.interpret,
       compiler_params=_compiler_params(config),
       name="rasterize_2dgs_backward",
-  )(ranges, geom, features, pixel, moments, index, dcolor, dpixel)
+  )(ranges, geom, features, pixel, index, dcolor, dpixel)
 
 
 def _tiles_to_image(tiles, config):
@@ -295,25 +297,25 @@ def _pair_rows(projected: types.ProjectedSplats):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _composite_tiles(config, geom, features, tile_ranges, splat_ids):
-  """Tile-major (color sums, per-pixel rows) of the splats' rows `geom`, `features`."""
-  outputs, _ = _composite_tiles_fwd(config, geom, features, tile_ranges, splat_ids)
+def _composite(config, geom, features, tile_ranges, splat_ids):
+  """Tile-major (colour sums, float rows, int rows) of splat rows `geom` and `features`."""
+  outputs, _ = _composite_fwd(config, geom, features, tile_ranges, splat_ids)
   return outputs
 
 
-def _composite_tiles_fwd(config, geom, features, tile_ranges, splat_ids):
+def _composite_fwd(config, geom, features, tile_ranges, splat_ids):
   pair_geom = jnp.take(geom, splat_ids, axis=0, mode="clip")
   pair_features = jnp.take(features, splat_ids, axis=0, mode="clip")
-  color, pixel, moments, index = _forward_call(config, tile_ranges, pair_geom, pair_features)
-  residuals = (geom, tile_ranges, splat_ids, pair_geom, pair_features, pixel, moments, index)
-  return (color, pixel), residuals
+  color, pixel, index = _forward_call(config, tile_ranges, pair_geom, pair_features)
+  residuals = (geom, tile_ranges, splat_ids, pair_geom, pair_features, pixel, index)
+  return (color, pixel, index), residuals
 
 
-def _composite_tiles_bwd(config, residuals, cotangents):
-  geom, tile_ranges, splat_ids, pair_geom, pair_features, pixel, moments, index = residuals
-  dcolor, dpixel = cotangents
+def _composite_bwd(config, residuals, cotangents):
+  geom, tile_ranges, splat_ids, pair_geom, pair_features, pixel, index = residuals
+  dcolor, dpixel, _ = cotangents
   pair_dgeom, pair_dfeatures = _backward_call(config, tile_ranges, pair_geom, pair_features,
-                                              pixel, moments, index, dcolor, dpixel)
+                                              pixel, index, dcolor, dpixel)
   # Slots past the last tile's range hold no pair (and unwritten rows): send them nowhere.
   num_splats = geom.shape[0]
   used = jnp.arange(splat_ids.shape[0]) < jnp.max(tile_ranges[:, 1])
@@ -323,28 +325,17 @@ def _composite_tiles_bwd(config, residuals, cotangents):
   return dgeom, dfeatures, None, None
 
 
-_composite_tiles.defvjp(_composite_tiles_fwd, _composite_tiles_bwd)
+_composite.defvjp(_composite_fwd, _composite_bwd)
 
 
-@struct.dataclass
-class PixelSums:
-  """Per-pixel results of compositing one image, before background and normalisation."""
+def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, width: int,
+                    height: int, *, interpret=None, backend=None) -> splat_math.CompositeState:
+  """Per-pixel running sums, (H, W) leading, of one image's binned splats; differentiable.
 
-  color: jnp.ndarray  # (H, W, C) sum w f
-  transmittance: jnp.ndarray  # (H, W) final T
-  depth_sum: jnp.ndarray  # (H, W) sum w z
-  normal_sum: jnp.ndarray  # (H, W, 3) sum w n
-  distortion: jnp.ndarray  # (H, W)
-  median_depth: jnp.ndarray  # (H, W)
-
-
-def composite(projected: types.ProjectedSplats, bins: types.TileBins, width: int, height: int,
-              *, interpret=None, backend=None) -> PixelSums:
-  """Composites one image's binned splats with the Pallas kernels; differentiable.
-
-  Gradients reach ray_transforms, means2d, opacities, normals and features of `projected`
-  (depths and boxes only order and bin). `interpret` defaults to True on CPU; `backend` picks
-  the GPU lowering ("triton" or "mosaic_gpu", default `default_backend()`).
+  Same contract as `tiled.composite_tiles`. Gradients reach ray_transforms, means2d,
+  opacities, normals and features (depths and boxes only order and bin). `interpret` defaults
+  to True on CPU; `backend` picks the GPU lowering ("triton" or "mosaic_gpu", default
+  `default_backend()`).
   """
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
@@ -357,14 +348,21 @@ def composite(projected: types.ProjectedSplats, bins: types.TileBins, width: int
     raise ValueError(f"rasterizer/pallas_kernels.py: bins have {bins.tile_ranges.shape[0]} "
                      f"tiles, a {width}x{height} image has {config.num_tiles}")
   geom, features = _pair_rows(projected)
-  color, pixel = _composite_tiles(config, geom, features, bins.tile_ranges.astype(jnp.int32),
-                                  bins.splat_ids.astype(jnp.int32))
-  color = _tiles_to_image(color, config)[..., :projected.features.shape[1]]
+  color, pixel, index = _composite(config, geom, features, bins.tile_ranges.astype(jnp.int32),
+                                   bins.splat_ids.astype(jnp.int32))
+  num_channels = projected.features.shape[1]
+  color = _tiles_to_image(color, config)[..., :num_channels].astype(projected.features.dtype)
   pixel = _tiles_to_image(pixel, config)
-  return PixelSums(
-      color=color,
+  index = _tiles_to_image(index, config)
+  return splat_math.CompositeState(
       transmittance=pixel[..., ROW_TRANSMITTANCE],
+      color=color,
       depth_sum=pixel[..., ROW_DEPTH_SUM],
       normal_sum=pixel[..., ROW_NORMAL:ROW_NORMAL + 3],
+      median_depth=pixel[..., ROW_MEDIAN_DEPTH],
+      m1=pixel[..., ROW_M1],
+      m2=pixel[..., ROW_M2],
       distortion=pixel[..., ROW_DISTORTION],
-      median_depth=pixel[..., ROW_MEDIAN_DEPTH])
+      stop_pos=index[..., ROW_STOP],
+      median_pos=index[..., ROW_MEDIAN],
+      last_pos=index[..., ROW_LAST])
