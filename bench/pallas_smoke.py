@@ -1,0 +1,169 @@
+"""Smoke test of the Pallas rasteriser on a GPU: does each lowering compile, is it right, how fast.
+
+For each GPU lowering (Triton, Mosaic GPU) it renders a random head-like scene with
+impl="pallas" (compiled, not interpreted) and impl="reference", prints the largest output and
+gradient differences, then times forward and forward+backward (binning included) at the
+benchmark sizes. Needs only jax, numpy and the rasterizer package:
+
+  python bench/pallas_smoke.py --out smoke.json
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
+import rasterizer  # pylint: disable=g-import-not-at-top
+from rasterizer import pallas_kernels  # pylint: disable=g-import-not-at-top
+from rasterizer import types  # pylint: disable=g-import-not-at-top
+
+FIELDS = ("color", "alpha", "depth", "median_depth", "normals", "distortion")
+VERTICAL_FOV_DEG = 14.2539  # SHeaP's renderer: a head 1 m in front of the camera
+
+
+def head_like_splats(key, num_splats):
+  """Splats tangent to a head-sized ellipsoid (radii 8-11 cm), 1 m in front of the camera."""
+  k = jax.random.split(key, 4)
+  radii = jnp.array([0.08, 0.11, 0.10])
+  direction = jax.random.normal(k[0], (num_splats, 3))
+  direction = direction / jnp.linalg.norm(direction, axis=1, keepdims=True)
+  means = direction * radii + jnp.array([0.0, 0.0, 1.0])
+  normal = direction / radii
+  normal = normal / jnp.linalg.norm(normal, axis=1, keepdims=True)
+  # Quaternion taking +z to the surface normal (w, x, y, z), so the disc lies on the surface.
+  quats = jnp.concatenate([1.0 + normal[:, 2:], -normal[:, 1:2], normal[:, :1],
+                           jnp.zeros((num_splats, 1))], axis=1)
+  area = 4 * np.pi * 0.1**2
+  scale = 0.6 * np.sqrt(area / num_splats)
+  scales = scale * jax.random.uniform(k[1], (num_splats, 2), minval=0.5, maxval=1.5)
+  return types.Splats(means=means, quats=quats, scales=scales,
+                      opacities=jax.random.uniform(k[2], (num_splats,), minval=0.5, maxval=1.0),
+                      features=jax.random.uniform(k[3], (num_splats, 3)))
+
+
+def camera(size):
+  focal = (size / 2) / np.tan(np.deg2rad(VERTICAL_FOV_DEG) / 2)
+  K = jnp.array([[focal, 0.0, (size - 1) / 2], [0.0, focal, (size - 1) / 2], [0.0, 0.0, 1.0]])
+  return jnp.eye(4)[None], K[None]
+
+
+def make_fns(size, impl, **options):
+  viewmats, Ks = camera(size)
+  background = jnp.array([0.1, 0.2, 0.3])
+
+  def render(splats, viewmats):
+    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl,
+                                **options)
+
+  def loss(splats, viewmats):
+    out = render(splats, viewmats)
+    return sum(jnp.sum(getattr(out, f) * (0.5 + jnp.cos(jnp.arange(getattr(out, f).size)
+                                                      .reshape(getattr(out, f).shape))))
+               for f in FIELDS)
+
+  return jax.jit(render), jax.jit(jax.grad(loss, (0, 1))), viewmats
+
+
+def time_call(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))  # compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * float(np.median(times))
+
+
+def max_errors(triples):
+  """{name: max |got - want| / max |want|} over (name, got, want) triples."""
+  return {k: float(jnp.max(jnp.abs(g - w))) / max(float(jnp.max(jnp.abs(w))), 1e-12)
+          for k, g, w in triples}
+
+
+def check(backend, size, num_splats, interpret):
+  """Relative max errors (by the reference's largest value) of outputs and gradients."""
+  splats = head_like_splats(jax.random.PRNGKey(0), num_splats)
+  render_p, grad_p, viewmats = make_fns(size, "pallas", backend=backend, interpret=interpret)
+  render_r, grad_r, _ = make_fns(size, "reference")
+  out_p, out_r = render_p(splats, viewmats), render_r(splats, viewmats)
+  errors = max_errors([(f, getattr(out_p, f), getattr(out_r, f)) for f in FIELDS])
+  errors["pairs_dropped"] = int(out_p.pairs_dropped[0])
+  names = ("means", "quats", "scales", "opacities", "features", "viewmat")
+  grads = zip(names, jax.tree.leaves(grad_p(splats, viewmats)),
+              jax.tree.leaves(grad_r(splats, viewmats)))
+  errors.update({f"d_{k}": v for k, v in max_errors(grads).items()})
+  return errors
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--backends", default=",".join(pallas_kernels.BACKENDS))
+  parser.add_argument("--check-size", type=int, default=128)
+  parser.add_argument("--check-splats", type=int, default=2000)
+  parser.add_argument("--sizes", default="512")
+  parser.add_argument("--splats", default="10000,100000")
+  parser.add_argument("--impls", default="pallas,tiled,reference",
+                      help="timed implementations (reference only at the smallest count)")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--interpret", action="store_true", help="interpret mode (CPU dry run)")
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  print(f"jax {jax.__version__}, device {jax.devices()[0].device_kind}", flush=True)
+  report = dict(jax=jax.__version__, device=jax.devices()[0].device_kind, backends={},
+                timings=[])
+  working = []
+  for backend in args.backends.split(","):
+    try:
+      errors = check(backend, args.check_size, args.check_splats, args.interpret)
+      report["backends"][backend] = dict(ok=True, errors=errors)
+      working.append(backend)
+      print(f"[{backend}] compiled; relative max errors vs reference:", flush=True)
+      for k, v in errors.items():
+        print(f"  {k:16s} {v:.3g}")
+    except Exception as e:  # pylint: disable=broad-except
+      message = "".join(traceback.format_exception_only(type(e), e)).strip()
+      report["backends"][backend] = dict(ok=False, error=message[-2000:])
+      print(f"[{backend}] FAILED: {message[-600:]}", flush=True)
+    write_report(report, args.out)
+
+  counts = [int(n) for n in args.splats.split(",")]
+  for size in (int(s) for s in args.sizes.split(",")):
+    for num_splats in counts:
+      splats = head_like_splats(jax.random.PRNGKey(1), num_splats)
+      impls = args.impls.split(",")
+      runs = [("pallas", dict(backend=b, interpret=args.interpret))
+              for b in working if "pallas" in impls]
+      runs += [(impl, {}) for impl in impls if impl != "pallas"]
+      for impl, options in runs:
+        if impl == "reference" and num_splats != min(counts):
+          continue
+        name = impl + (f"/{options['backend']}" if options else "")
+        try:
+          render, grad, viewmats = make_fns(size, impl, **options)
+          record = dict(impl=name, height=size, width=size, n_splats=num_splats,
+                        fwd_ms=time_call(render, splats, viewmats, repeats=args.repeats),
+                        fwd_bwd_ms=time_call(grad, splats, viewmats, repeats=args.repeats),
+                        pairs_dropped=int(render(splats, viewmats).pairs_dropped[0]),
+                        device=report["device"])
+        except Exception as e:  # pylint: disable=broad-except
+          record = dict(impl=name, height=size, width=size, n_splats=num_splats,
+                        error=str(e)[-600:])
+        report["timings"].append(record)
+        print(json.dumps(record), flush=True)
+        write_report(report, args.out)
+
+
+def write_report(report, path):
+  if path:
+    with open(path, "w") as f:
+      json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
