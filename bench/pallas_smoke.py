@@ -86,6 +86,12 @@ def max_errors(triples):
           for k, g, w in triples}
 
 
+def fraction_close(got, want, atol=1e-5):
+  """Share of pixels whose every channel is within atol (the rest: threshold flips)."""
+  diff = jnp.abs(got - want).reshape(got.shape[0], got.shape[1], got.shape[2], -1)
+  return float(jnp.mean(jnp.max(diff, axis=-1) <= atol))
+
+
 def check(backend, size, num_splats, interpret):
   """Relative max errors (by the reference's largest value) of outputs and gradients."""
   splats = head_like_splats(jax.random.PRNGKey(0), num_splats)
@@ -93,6 +99,8 @@ def check(backend, size, num_splats, interpret):
   render_r, grad_r, _ = make_fns(size, "reference")
   out_p, out_r = render_p(splats, viewmats), render_r(splats, viewmats)
   errors = max_errors([(f, getattr(out_p, f), getattr(out_r, f)) for f in FIELDS])
+  errors.update({f"close_{f}": fraction_close(getattr(out_p, f), getattr(out_r, f))
+                 for f in FIELDS})
   errors["pairs_dropped"] = int(out_p.pairs_dropped[0])
   names = ("means", "quats", "scales", "opacities", "features", "viewmat")
   grads = zip(names, jax.tree.leaves(grad_p(splats, viewmats)),
@@ -111,6 +119,8 @@ def main():
   parser.add_argument("--impls", default="pallas,tiled,reference",
                       help="timed implementations (reference only at the smallest count)")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--exit-check-every", default="1,16",
+                      help="pallas forward: pairs between all-pixels-done tests (each timed)")
   parser.add_argument("--interpret", action="store_true", help="interpret mode (CPU dry run)")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
@@ -123,7 +133,8 @@ def main():
       errors = check(backend, args.check_size, args.check_splats, args.interpret)
       report["backends"][backend] = dict(ok=True, errors=errors)
       working.append(backend)
-      print(f"[{backend}] compiled; relative max errors vs reference:", flush=True)
+      print(f"[{backend}] compiled; relative max errors vs reference, share of pixels within "
+            "1e-5:", flush=True)
       for k, v in errors.items():
         print(f"  {k:16s} {v:.3g}")
     except Exception as e:  # pylint: disable=broad-except
@@ -137,13 +148,14 @@ def main():
     for num_splats in counts:
       splats = head_like_splats(jax.random.PRNGKey(1), num_splats)
       impls = args.impls.split(",")
-      runs = [("pallas", dict(backend=b, interpret=args.interpret))
-              for b in working if "pallas" in impls]
+      runs = [("pallas", dict(backend=b, interpret=args.interpret, exit_check_every=int(e)))
+              for b in working if "pallas" in impls for e in args.exit_check_every.split(",")]
       runs += [(impl, {}) for impl in impls if impl != "pallas"]
       for impl, options in runs:
         if impl == "reference" and num_splats != min(counts):
           continue
-        name = impl + (f"/{options['backend']}" if options else "")
+        name = impl + (f"/{options['backend']}/exit{options['exit_check_every']}"
+                       if options else "")
         try:
           render, grad, viewmats = make_fns(size, impl, **options)
           record = dict(impl=name, height=size, width=size, n_splats=num_splats,

@@ -29,6 +29,7 @@ TILE = types.TILE_SIZE
 PIXELS = TILE * TILE
 BACKENDS = ("triton", "mosaic_gpu")
 BACKEND_ENV = "RASTERIZER_PALLAS_BACKEND"
+DEFAULT_EXIT_CHECK_EVERY = 16
 
 # Columns of the pair-major geometry rows (16 = a power of two, as Triton loads want).
 GEOM_RAY = 0  # 9 values: rows T_u, T_v, T_w of the ray transform
@@ -55,6 +56,7 @@ class KernelConfig:
   height: int
   interpret: bool
   backend: str
+  exit_check_every: int  # pairs composited between two all-pixels-done tests
 
   @property
   def tiles_x(self):
@@ -119,13 +121,13 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
     i, active = carry[0], carry[1]
     return (i < end) & (jnp.max(active.astype(jnp.int32)) > 0)
 
-  def body(carry):
+  def composite_pair(_, carry):
     (i, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last, median_index,
      stop_index) = carry
-    ray, mean, opacity, normal = _load_geometry(geom_ref, i)
+    ray, mean, opacity, normal = _load_geometry(geom_ref, jnp.minimum(i, end - 1))
     alpha, z, valid = _alpha_depth(ray, mean, opacity, x, y)
     test_trans = trans * (1.0 - alpha)
-    hit = active & valid
+    hit = active & valid & (i < end)
     stop = hit & (test_trans < types.TRANSMITTANCE_MIN)
     take = hit & jnp.logical_not(stop)
     w = jnp.where(take, alpha * trans, 0.0)
@@ -133,7 +135,7 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
     dist = dist + (m * m * (1.0 - trans) + m2 - 2.0 * m * m1) * w
     m1 = m1 + w * m
     m2 = m2 + w * m * m
-    color = color + feat_ref[i, :][:, None] * w[None, :]
+    color = color + feat_ref[jnp.minimum(i, end - 1), :][:, None] * w[None, :]
     depth_sum = depth_sum + w * z
     nx, ny, nz = nx + w * normal[0], ny + w * normal[1], nz + w * normal[2]
     is_median = take & (trans > types.MEDIAN_TRANSMITTANCE)
@@ -151,6 +153,8 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
   not_stopped = jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION)
   init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), jnp.float32), zeros, zeros,
           zeros, zeros, zeros, zeros, zeros, zeros, no_position, no_position, not_stopped)
+  # The all-pixels-done test is a reduction over the tile: run it every few pairs only.
+  body = lambda carry: jax.lax.fori_loop(0, config.exit_check_every, composite_pair, carry)
   (_, _, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last, median_index,
    stop_index) = jax.lax.while_loop(cond, body, init)
   color_ref[...] = color
@@ -329,13 +333,15 @@ _composite.defvjp(_composite_fwd, _composite_bwd)
 
 
 def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, width: int,
-                    height: int, *, interpret=None, backend=None) -> splat_math.CompositeState:
+                    height: int, *, interpret=None, backend=None,
+                    exit_check_every=DEFAULT_EXIT_CHECK_EVERY) -> splat_math.CompositeState:
   """Per-pixel running sums, (H, W) leading, of one image's binned splats; differentiable.
 
   Same contract as `tiled.composite_tiles`. Gradients reach ray_transforms, means2d,
   opacities, normals and features (depths and boxes only order and bin). `interpret` defaults
   to True on CPU; `backend` picks the GPU lowering ("triton" or "mosaic_gpu", default
-  `default_backend()`).
+  `default_backend()`). The forward tests whether a whole tile is done every
+  `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair).
   """
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
@@ -343,7 +349,11 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
   if backend not in BACKENDS:
     raise ValueError(f"rasterizer/pallas_kernels.py: backend {backend!r} is not one of "
                      f"{BACKENDS}")
-  config = KernelConfig(width=width, height=height, interpret=bool(interpret), backend=backend)
+  if exit_check_every < 1:
+    raise ValueError(f"rasterizer/pallas_kernels.py: exit_check_every must be >= 1, got "
+                     f"{exit_check_every}")
+  config = KernelConfig(width=width, height=height, interpret=bool(interpret), backend=backend,
+                        exit_check_every=int(exit_check_every))
   if bins.tile_ranges.shape[0] != config.num_tiles:
     raise ValueError(f"rasterizer/pallas_kernels.py: bins have {bins.tile_ranges.shape[0]} "
                      f"tiles, a {width}x{height} image has {config.num_tiles}")

@@ -49,14 +49,17 @@ def composite_both(splats):
   viewmat, K = camera()
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
   bins = binning.bin_splats(projected, WIDTH, HEIGHT)
-  pallas = pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True)
+  pallas = [pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True,
+                                           exit_check_every=every) for every in (1, 16)]
   ref = reference.composite_reference(projected, WIDTH, HEIGHT)
   return projected, bins, pallas, ref
 
 
-def test_forward_matches_reference_except_at_discontinuities():
+@pytest.mark.parametrize("exit_check", [0, 1], ids=["exit_check_every_1", "exit_check_every_16"])
+def test_forward_matches_reference_except_at_discontinuities(exit_check):
   splats = random_splats(jax.random.PRNGKey(4), NUM_SPLATS)
   projected, bins, pallas, ref = composite_both(splats)
+  pallas = pallas[exit_check]
   assert int(bins.pairs_dropped) == 0
   # The scene exercises early stops and median crossings.
   assert np.any(np.asarray(ref.stop_pos) != splat_math.NO_STOP)
@@ -166,7 +169,7 @@ def test_over_capacity_matches_tiled_and_reports_drops():
 
 def test_empty_scene_composites_nothing():
   splats = random_splats(jax.random.PRNGKey(6), NUM_SPLATS)
-  _, bins, pallas, _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)))
+  _, bins, (pallas, _), _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)))
   assert int(bins.pairs_total) == 0
   np.testing.assert_array_equal(pallas.transmittance, 1.0)
   for name in FLOAT_FIELDS[1:]:
