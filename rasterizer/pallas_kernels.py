@@ -27,7 +27,7 @@ from rasterizer import types
 
 TILE = types.TILE_SIZE
 PIXELS = TILE * TILE
-BACKENDS = ("triton", "mosaic_gpu")
+BACKENDS = ("triton", "mosaic_gpu", "mosaic_tpu")
 BACKEND_ENV = "RASTERIZER_PALLAS_BACKEND"
 DEFAULT_EXIT_CHECK_EVERY = 16
 
@@ -35,8 +35,7 @@ DEFAULT_EXIT_CHECK_EVERY = 16
 GEOM_RAY = 0  # 9 values: rows T_u, T_v, T_w of the ray transform
 GEOM_MEAN = 9  # 2 values
 GEOM_OPACITY = 11
-GEOM_NORMAL = 12  # 3 values
-GEOM_USED = 15
+GEOM_NORMAL = 12  # 3 values, then one unused column
 GEOM_WIDTH = 16
 
 # Rows of the per-pixel float buffer (num_tiles, PIXEL_ROWS, 256): the running sums.
@@ -68,8 +67,10 @@ class KernelConfig:
 
 
 def default_backend() -> str:
-  """The GPU lowering: $RASTERIZER_PALLAS_BACKEND, else Triton (dynamic loops lower there)."""
-  backend = os.environ.get(BACKEND_ENV, "triton")
+  """$RASTERIZER_PALLAS_BACKEND, else Mosaic TPU on TPUs and Triton elsewhere (on GPUs its
+  lowering takes the kernels' dynamic loops and dynamically indexed loads; Mosaic GPU's not)."""
+  backend = os.environ.get(BACKEND_ENV,
+                           "mosaic_tpu" if jax.default_backend() == "tpu" else "triton")
   if backend not in BACKENDS:
     raise ValueError(f"rasterizer/pallas_kernels.py: ${BACKEND_ENV}={backend!r} is not one of "
                      f"{BACKENDS}")
@@ -82,6 +83,9 @@ def _compiler_params(config: KernelConfig):
   if config.backend == "triton":
     from jax.experimental.pallas import triton as pltriton  # pylint: disable=g-import-not-at-top
     return pltriton.CompilerParams(num_warps=4, num_stages=1)
+  if config.backend == "mosaic_tpu":
+    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
+    return pltpu.CompilerParams()
   from jax.experimental.pallas import mosaic_gpu as plgpu  # pylint: disable=g-import-not-at-top
   return plgpu.CompilerParams()
 
@@ -167,6 +171,16 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
   index_ref[ROW_STOP, :] = stop_index
 
 
+def _as_row(values, width):
+  """Scalars -> one (width,) row, zero-padded, by lane selects (vector stores suit every
+  lowering; Mosaic TPU cannot store scalars to vector memory, Triton cannot stack)."""
+  lane = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
+  row = jnp.zeros((width,), jnp.float32)
+  for k, value in enumerate(values):
+    row = jnp.where(lane == k, value, row)
+  return row
+
+
 def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolor_ref, dpixel_ref,
                      grad_ref, dfeat_ref, *, config):
   x, y, _ = _tile_pixels(config.tiles_x, config.width, config.height)
@@ -187,8 +201,7 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
   last = jnp.maximum(jnp.max(last_index) + 1, start)
 
   def write_zeros(i, carry):
-    for k in range(GEOM_WIDTH):
-      grad_ref[i, k] = jnp.float32(0.0)
+    grad_ref[i, :] = jnp.zeros((GEOM_WIDTH,), jnp.float32)
     dfeat_ref[i, :] = jnp.zeros(dfeat_ref.shape[1:], jnp.float32)
     return carry
 
@@ -224,14 +237,8 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
     dz = dz + jnp.where(median_index == i, dmedian, 0.0)
     behind = behind + w * weight_cotangent
     dray, dmean, dopacity = alpha_depth_vjp((dalpha, dz))
-    for k in range(9):
-      grad_ref[i, GEOM_RAY + k] = dray[k]
-    grad_ref[i, GEOM_MEAN] = dmean[0]
-    grad_ref[i, GEOM_MEAN + 1] = dmean[1]
-    grad_ref[i, GEOM_OPACITY] = dopacity
-    for k in range(3):
-      grad_ref[i, GEOM_NORMAL + k] = jnp.sum(w * dnormal[k])
-    grad_ref[i, GEOM_USED] = jnp.float32(0.0)
+    dnormal_pair = tuple(jnp.sum(w * dnormal[k]) for k in range(3))
+    grad_ref[i, :] = _as_row((*dray, *dmean, dopacity, *dnormal_pair), GEOM_WIDTH)
     dfeat_ref[i, :] = jnp.sum(dcolor * w[None, :], axis=1)
     return i - 1, trans, behind
 
@@ -339,8 +346,8 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
 
   Same contract as `tiled.composite_tiles`. Gradients reach ray_transforms, means2d,
   opacities, normals and features (depths and boxes only order and bin). `interpret` defaults
-  to True on CPU; `backend` picks the GPU lowering ("triton" or "mosaic_gpu", default
-  `default_backend()`). The forward tests whether a whole tile is done every
+  to True on CPU; `backend` picks the lowering ("triton", "mosaic_gpu" or "mosaic_tpu",
+  default `default_backend()`). The forward tests whether a whole tile is done every
   `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair).
   """
   if interpret is None:

@@ -177,8 +177,11 @@ def test_empty_scene_composites_nothing():
   np.testing.assert_array_equal(pallas.last_pos, splat_math.NO_POSITION)
 
 
-def test_lowers_for_gpu_with_triton():
-  """Forward and backward lower to Triton IR for CUDA without a GPU (compilation needs one)."""
+@pytest.mark.parametrize("backend,platform,kernel_call", [
+    ("triton", "cuda", "__gpu$xla.gpu.triton"), ("mosaic_tpu", "tpu", "tpu_custom_call")])
+def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_call):
+  """Both kernels lower to Triton (CUDA) and Mosaic TPU IR here, without the accelerator;
+  compiling them needs one (bench/pallas_smoke.py compiles and runs them on a GPU)."""
   splats = random_splats(jax.random.PRNGKey(7), NUM_SPLATS)
   viewmat, K = camera()
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
@@ -186,13 +189,12 @@ def test_lowers_for_gpu_with_triton():
 
   def loss(transforms):
     state = pallas_kernels.composite_tiles(projected.replace(ray_transforms=transforms), bins,
-                                           WIDTH, HEIGHT, interpret=False, backend="triton")
+                                           WIDTH, HEIGHT, interpret=False, backend=backend)
     return jnp.sum(state.color) + jnp.sum(state.distortion)
 
   lowered = jax.jit(jax.grad(loss)).trace(projected.ray_transforms).lower(
-      lowering_platforms=("cuda",))
-  text = lowered.as_text()
-  assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels
+      lowering_platforms=(platform,))
+  assert lowered.as_text().count(kernel_call) == 2  # forward and backward kernels
 
 
 def test_rejects_unknown_backend():
