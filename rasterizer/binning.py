@@ -30,13 +30,18 @@ def depth_order(projected: types.ProjectedSplats) -> jnp.ndarray:
 
 
 def bin_splats(
-    projected: types.ProjectedSplats, width: int, height: int, capacity: Optional[int] = None
+    projected: types.ProjectedSplats,
+    width: int,
+    height: int,
+    capacity: Optional[int] = None,
+    two_key_sort: Optional[bool] = None,
 ) -> types.TileBins:
   """Lists, for every tile, the visible splats whose box overlaps it, front to back.
 
   Pairs are enumerated front to back (splats in depth order, each over its tile rectangle), so
   when the capacity cuts the list it drops the farthest splats' pairs, and counts them. The sort
-  key is tile * N + depth rank in int32 when that cannot overflow, else a two-key sort.
+  key is tile * N + depth rank in int32 when that cannot overflow, else (or if `two_key_sort`)
+  a two-key sort on (tile, rank); both give the same bins.
   """
   num_splats = projected.depths.shape[0]
   tiles_x, tiles_y = tile_grid(width, height)
@@ -69,7 +74,9 @@ def bin_splats(
   tile = jnp.where(used, tile_y * tiles_x + tile_x, num_tiles)  # sentinel tile sorts last
   splat_ids = order[rank]
 
-  if (num_tiles + 1) * num_splats <= _INT32_LIMIT:
+  if two_key_sort is None:
+    two_key_sort = (num_tiles + 1) * num_splats > _INT32_LIMIT
+  if not two_key_sort:
     keys = tile * num_splats + rank
     keys, splat_ids = jax.lax.sort((keys, splat_ids), num_keys=1)
     sorted_tiles = keys // num_splats
