@@ -1,9 +1,10 @@
 """Smoke test of the Pallas rasteriser on a GPU: does each lowering compile, is it right, how fast.
 
-For each GPU lowering (Triton, Mosaic GPU) it renders a random head-like scene with
-impl="pallas" (compiled, not interpreted) and impl="reference", prints the largest output and
-gradient differences, then times forward and forward+backward (binning included) at the
-benchmark sizes. Needs only jax, numpy and the rasterizer package:
+For each lowering of the platform (Triton and Mosaic GPU on GPUs, Mosaic TPU on TPUs) it
+renders a head-like scene (`bench/scenes.py`) with impl="pallas" (compiled, not interpreted)
+and impl="reference", prints the largest output and gradient differences, then times forward
+and forward+backward (binning included) at the benchmark sizes. Needs only jax, numpy and the
+rasterizer package:
 
   python bench/pallas_smoke.py --out smoke.json
 """
@@ -19,42 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
-import rasterizer  # pylint: disable=g-import-not-at-top
-from rasterizer import pallas_kernels  # pylint: disable=g-import-not-at-top
-from rasterizer import types  # pylint: disable=g-import-not-at-top
+from bench import scenes  # noqa: E402
+import rasterizer  # noqa: E402
 
 FIELDS = ("color", "alpha", "depth", "median_depth", "normals", "distortion")
-VERTICAL_FOV_DEG = 14.2539  # SHeaP's renderer: a head 1 m in front of the camera
-
-
-def head_like_splats(key, num_splats):
-  """Splats tangent to a head-sized ellipsoid (radii 8-11 cm), 1 m in front of the camera."""
-  k = jax.random.split(key, 4)
-  radii = jnp.array([0.08, 0.11, 0.10])
-  direction = jax.random.normal(k[0], (num_splats, 3))
-  direction = direction / jnp.linalg.norm(direction, axis=1, keepdims=True)
-  means = direction * radii + jnp.array([0.0, 0.0, 1.0])
-  normal = direction / radii
-  normal = normal / jnp.linalg.norm(normal, axis=1, keepdims=True)
-  # Quaternion taking +z to the surface normal (w, x, y, z), so the disc lies on the surface.
-  quats = jnp.concatenate([1.0 + normal[:, 2:], -normal[:, 1:2], normal[:, :1],
-                           jnp.zeros((num_splats, 1))], axis=1)
-  area = 4 * np.pi * 0.1**2
-  scale = 0.6 * np.sqrt(area / num_splats)
-  scales = scale * jax.random.uniform(k[1], (num_splats, 2), minval=0.5, maxval=1.5)
-  return types.Splats(means=means, quats=quats, scales=scales,
-                      opacities=jax.random.uniform(k[2], (num_splats,), minval=0.5, maxval=1.0),
-                      features=jax.random.uniform(k[3], (num_splats, 3)))
-
-
-def camera(size):
-  focal = (size / 2) / np.tan(np.deg2rad(VERTICAL_FOV_DEG) / 2)
-  K = jnp.array([[focal, 0.0, (size - 1) / 2], [0.0, focal, (size - 1) / 2], [0.0, 0.0, 1.0]])
-  return jnp.eye(4)[None], K[None]
 
 
 def make_fns(size, impl, **options):
-  viewmats, Ks = camera(size)
+  viewmat, K = scenes.camera(size, size)
+  viewmats, Ks = viewmat[None], K[None]
   background = jnp.array([0.1, 0.2, 0.3])
 
   def render(splats, viewmats):
@@ -94,7 +68,7 @@ def fraction_close(got, want, atol=1e-5):
 
 def check(backend, size, num_splats, interpret):
   """Relative max errors (by the reference's largest value) of outputs and gradients."""
-  splats = head_like_splats(jax.random.PRNGKey(0), num_splats)
+  splats = scenes.head_scene(num_splats, seed=0)
   render_p, grad_p, viewmats = make_fns(size, "pallas", backend=backend, interpret=interpret)
   render_r, grad_r, _ = make_fns(size, "reference")
   out_p, out_r = render_p(splats, viewmats), render_r(splats, viewmats)
@@ -111,7 +85,8 @@ def check(backend, size, num_splats, interpret):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--backends", default=",".join(pallas_kernels.BACKENDS))
+  parser.add_argument("--backends", default="mosaic_tpu" if jax.default_backend() == "tpu"
+                      else "triton,mosaic_gpu")
   parser.add_argument("--check-size", type=int, default=128)
   parser.add_argument("--check-splats", type=int, default=2000)
   parser.add_argument("--sizes", default="512")
@@ -146,7 +121,7 @@ def main():
   counts = [int(n) for n in args.splats.split(",")]
   for size in (int(s) for s in args.sizes.split(",")):
     for num_splats in counts:
-      splats = head_like_splats(jax.random.PRNGKey(1), num_splats)
+      splats = scenes.head_scene(num_splats, seed=1)
       impls = args.impls.split(",")
       runs = [("pallas", dict(backend=b, interpret=args.interpret, exit_check_every=int(e)))
               for b in working if "pallas" in impls for e in args.exit_check_every.split(",")]
