@@ -1,18 +1,19 @@
 """Pallas kernels for per-tile 2DGS compositing, forward and backward, joined with custom_vjp.
 
 One program per 16x16 tile, its 256 pixels vectorised as lanes. The forward walks the tile's
-(splat, tile) pairs front to back and stops as soon as every pixel is done (a data-dependent
-while loop); it writes the composited sums plus what the backward needs: final transmittance,
-the running distortion moments, the end of each pixel's composited range and its median
-contributor. The backward walks each tile back to front, recovers transmittance as
+(splat, tile) pairs front to back and stops once every pixel is done (a data-dependent while
+loop); besides the running sums (final transmittance and the distortion moments among them,
+which the backward reads) it writes the positions of each pixel's last composited, median and
+stopping pair. The backward walks each tile back to front, recovers transmittance as
 T / (1 - alpha), writes one gradient row per pair and reduces the rows to splats with a segment
 sum, so no atomics are needed. The per-splat-per-pixel math is `splat_math`'s, shared with the
 reference and the tiled path; its gradient inside the backward kernel is `jax.vjp` of it.
 
 Lowerings (see docs/pallas.md): interpret mode on CPU; on GPU the Triton lowering by default
-(dynamic while loops and dynamically indexed loads lower there), Mosaic GPU selectable. Every
-kernel-side array op is one the Triton lowering accepts: scalar loads, row loads and stores of
-power-of-two length, elementwise math, lane reductions; no value slicing or stacking.
+(dynamic while loops and dynamically indexed loads lower there), Mosaic GPU selectable but
+failing; Mosaic TPU lowers. Every kernel-side array op is one the Triton lowering accepts:
+scalar loads, row loads and stores of power-of-two length, elementwise math, lane reductions;
+no value slicing or stacking.
 """
 import dataclasses
 import functools
@@ -210,6 +211,7 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
   def body(carry):
     i, trans, behind = carry
     ray, mean, opacity, normal = _load_geometry(geom_ref, i)
+
     def alpha_depth(r, c, o):
       alpha, z, valid = _alpha_depth(r, c, o, x, y)
       return (alpha, z), valid
