@@ -32,7 +32,8 @@ def parse_args(argv=None):
   parser.add_argument("--benchmark", default="synthetic_neutral",
                       help=f"comma-separated, of {', '.join(benchmarks.NAMES)}")
   parser.add_argument("--predictor", default="mean_head,oracle",
-                      help=f"comma-separated, of {', '.join(predictors.BUILT_IN)} or checkpoint:DIR")
+                      help=f"comma-separated, of {', '.join(predictors.BUILT_IN)} or "
+                           "checkpoint:DIR")
   parser.add_argument("--out", required=True, help="folder for the JSON, plots and predictions")
   parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"),
                       help="TFDS data folder holding (or to hold) synthetic_heads")
@@ -81,7 +82,8 @@ def load_model(path):
 def synthetic_source(data_dir, config, split):
   """The split's random-access records, building the config into data_dir first if absent."""
   from data.synthetic_heads import builder  # pylint: disable=import-outside-toplevel
-  version_dir = os.path.join(data_dir, "synthetic_heads", config, str(builder.SyntheticHeads.VERSION))
+  version_dir = os.path.join(data_dir, "synthetic_heads", config,
+                             str(builder.SyntheticHeads.VERSION))
   if not os.path.isfile(os.path.join(version_dir, "dataset_info.json")):
     known = [c.name for c in builder.SyntheticHeads.BUILDER_CONFIGS]
     if config not in known:

@@ -1,12 +1,15 @@
 """python -m sheap_jax.evaluate: oracle ~ 0 and mean_head clearly worse on a small built
 synthetic_heads split, the CLI's outputs, the NoW path on a hand-made NoW folder, bad input."""
 import dataclasses
+import importlib.machinery
 import json
 import os
+import sys
+import types
 
 import numpy as np
+from PIL import Image
 import pytest
-import tensorflow_datasets as tfds
 
 from data.synthetic_heads import assets
 from data.synthetic_heads import builder
@@ -15,12 +18,14 @@ from sheap_jax import benchmarks
 from sheap_jax import evaluate
 from sheap_jax import flame
 from sheap_jax import predictors
+from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
 
 # Two held-out identities, two frames each, 64 px: the smallest build that still has variety.
 EVAL_CONFIG = dataclasses.replace(
-    configs.BUILDER_CONFIGS[0], name="eval64", image_size=64, texture_size=64, supersample=1,
-    num_train=0, num_validation=2, num_test=0, frames_per_video=2)
+    configs.BUILDER_CONFIGS[0], name="eval64", description="tests/test_evaluate.py",
+    image_size=64, texture_size=64, supersample=1, num_train=0, num_validation=2, num_test=0,
+    frames_per_video=2)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +64,18 @@ def test_oracle_scores_zero_and_mean_head_does_not(source):
   assert oracle.item_ids == mean.item_ids and len(oracle.item_ids) == 2
   assert oracle.summary()["median_mm"] < 0.05
   assert mean.summary()["median_mm"] > 0.5
-  # Independent reference for one item: the mean head is the template; score it by hand with
-  # the GT mesh's own crop (the NoW metric itself is tested in tests/test_now.py).
+  assert mean.summary()["median_mm"] < 10.0  # adult heads differ by millimetres, not more
+  # Reference for the first item: the GT mesh from FLAME, landmarks from flame_forward (not
+  # benchmarks.now_landmarks), the NoW metric called directly.
   record = source[0]
-  gt = record["gt_neutral_vertices"].astype(np.float64)
-  np.testing.assert_allclose(
-      gt, np.asarray(flame.neutral_vertices(model, record["gt_shape"][None])[0]), atol=2e-6)
-  assert mean.errors[0].shape == oracle.errors[0].shape  # same cropped GT points
+  zero = flame.FlameParams.zeros(1)
+  gt = flame.flame_forward(model, zero.replace(shape=record["gt_shape"][None]))
+  template = flame.flame_forward(model, zero)
+  np.testing.assert_allclose(record["gt_neutral_vertices"], gt.vertices[0], atol=2e-6)
+  faces = np.asarray(model.faces)
+  expected = now.now_errors(template.vertices[0], faces, template.landmarks_now[0],
+                            gt.vertices[0], faces, gt.landmarks_now[0])
+  np.testing.assert_allclose(mean.errors[0], expected, atol=1e-6)
   posed = benchmarks.synthetic_expressions(predictors.oracle, model, source, max_items=1)
   assert posed.summary()["median_mm"] < 0.05
 
@@ -90,43 +100,52 @@ def test_cli_writes_json_png_and_table(data_dir, tmp_path, capsys):
                                                   abs=1e-4)
 
 
-def _write_now_folder(root, vertices_m, faces, landmarks_m):
-  """A one-image NoW folder: scan + landmarks in mm, image list, iPhone image, face box."""
-  image = now_data.NowImage("FaMoS_001", "multiview_neutral", "IMG_0001.jpg")
-  now_data.write_obj(os.path.join(root, "scans", image.subject, "scan.obj"), vertices_m * 1000,
-                     faces)
-  points = "".join(f'<point x="{x}" y="{y}" z="{z}" name="{i}"/>\n'
-                   for i, (x, y, z) in enumerate(landmarks_m * 1000))
-  os.makedirs(os.path.join(root, "scans_lmks_onlypp", image.subject))
-  with open(os.path.join(root, "scans_lmks_onlypp", image.subject, "scan.pp"), "w") as f:
-    f.write(f"<!DOCTYPE PickedPoints>\n<PickedPoints>\n{points}</PickedPoints>\n")
+def _write_now_folder(root, scans, faces, model):
+  """A NoW folder with one neutral image per subject: scans (name -> vertices in metres) and
+  their landmarks written in mm, the validation list, iPhone images and face boxes."""
+  images = [now_data.NowImage(name, "multiview_neutral", "IMG_0001.jpg") for name in scans]
   with open(os.path.join(root, "imagepathsvalidation.txt"), "w") as f:
-    f.write(image.relative_path + "\n")
+    f.write("".join(im.relative_path + "\n" for im in images))
   dataset = now_data.NowDataset(root)
-  os.makedirs(os.path.dirname(dataset.image_path(image)))
   rng = np.random.default_rng(0)
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  Image.fromarray(rng.integers(0, 255, (48, 40, 3), np.uint8)).save(dataset.image_path(image))
-  os.makedirs(os.path.dirname(dataset.face_box_path(image)))
-  np.save(dataset.face_box_path(image),
-          np.array({"left": 10.0, "top": 8.0, "right": 30.0, "bottom": 36.0}, dtype=object))
+  for image in images:
+    vertices = scans[image.subject]
+    now_data.write_obj(os.path.join(root, "scans", image.subject, "scan.obj"), vertices * 1000,
+                       faces)
+    landmarks_mm = benchmarks.now_landmarks(model, vertices) * 1000
+    points = "".join(f'<point x="{x}" y="{y}" z="{z}" name="{i}"/>\n'
+                     for i, (x, y, z) in enumerate(landmarks_mm))
+    os.makedirs(os.path.join(root, "scans_lmks_onlypp", image.subject))
+    with open(os.path.join(root, "scans_lmks_onlypp", image.subject, "scan.pp"), "w") as f:
+      f.write(f"<!DOCTYPE PickedPoints>\n<PickedPoints>\n{points}</PickedPoints>\n")
+    os.makedirs(os.path.dirname(dataset.image_path(image)))
+    Image.fromarray(rng.integers(0, 255, (48, 40, 3), np.uint8)).save(dataset.image_path(image))
+    os.makedirs(os.path.dirname(dataset.face_box_path(image)))
+    np.save(dataset.face_box_path(image),
+            np.array({"left": 10.0, "top": 8.0, "right": 30.0, "bottom": 36.0}, dtype=object))
 
 
-def test_now_benchmark_on_a_hand_made_folder(tmp_path, capsys):
-  """The template head as the scan: mean_head predicts exactly it (error ~ 0); a scan of another
-  identity gives an error of millimetres, as synthetic_neutral says for the same pair."""
+def test_now_benchmark_on_a_hand_made_folder(source, tmp_path, capsys):
+  """Subject A's scan is the template head: mean_head predicts exactly it (error ~ 0). Subject
+  B's scan is a synthetic identity's GT neutral mesh: the NoW path (OBJ and .pp files in mm,
+  crops, written predictions) gives the errors synthetic_neutral gives for the same pair."""
   model = assets.head_assets().model
-  template = np.asarray(model.v_template, np.float64)
-  faces = np.asarray(model.faces)
-  _write_now_folder(str(tmp_path / "now"), template, faces,
-                    benchmarks.now_landmarks(model, template))
+  identity = source[0]["gt_neutral_vertices"].astype(np.float64)
+  _write_now_folder(str(tmp_path / "now"),
+                    {"A": np.asarray(model.v_template, np.float64), "B": identity},
+                    np.asarray(model.faces), model)
   rows = evaluate.main(["--benchmark", "now", "--predictor", "mean_head", "--now_dir",
                         str(tmp_path / "now"), "--out", str(tmp_path / "out")])
-  assert rows[0][2]["median_mm"] < 1e-3 and rows[0][2]["num_items"] == 1
-  predicted = os.path.join(tmp_path, "out", "now_predictions", "mean_head", "FaMoS_001",
-                           "multiview_neutral", "IMG_0001")
-  assert os.path.isfile(predicted + ".obj") and np.load(predicted + ".npy").shape == (7, 3)
-  assert "now" in capsys.readouterr().out
+  assert rows[0][2]["num_items"] == 2 and "now" in capsys.readouterr().out
+  with open(tmp_path / "out" / "now.json") as f:
+    items = {i["id"]: i for i in json.load(f)["predictors"]["mean_head"]["items"]}
+  assert items["A/multiview_neutral/IMG_0001.jpg"]["median_mm"] < 1e-3
+  synthetic = benchmarks.synthetic_neutral(predictors.mean_head, model, source, max_items=1)
+  assert items["B/multiview_neutral/IMG_0001.jpg"]["mean_mm"] == pytest.approx(
+      1000 * synthetic.errors[0].mean(), abs=1e-3)
+  predicted = tmp_path / "out" / "now_predictions" / "mean_head" / "B" / "multiview_neutral"
+  assert (predicted / "IMG_0001.obj").is_file()
+  assert np.load(predicted / "IMG_0001.npy").shape == (7, 3)
 
 
 def test_crop_face_box_pads_and_resizes():
@@ -156,3 +175,14 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(tmp_path, capsys
     predictors.oracle(np.zeros((1, 8, 8, 3)), {"face_box": np.zeros((1, 4))})
   with pytest.raises(ValueError, match="no built synthetic_heads dataset"):
     evaluate.synthetic_source(str(tmp_path), "nonexistent", "validation")
+
+
+def test_checkpoint_predictor_plugs_in(monkeypatch, tmp_path):
+  """`checkpoint:DIR` hands DIR to sheap_jax.checkpoint_predictor.load once that module exists."""
+  loaded = []
+  module = types.ModuleType(predictors.CHECKPOINT_MODULE)
+  module.__spec__ = importlib.machinery.ModuleSpec(predictors.CHECKPOINT_MODULE, None)
+  module.load = lambda directory: loaded.append(directory) or predictors.mean_head
+  monkeypatch.setitem(sys.modules, predictors.CHECKPOINT_MODULE, module)
+  assert predictors.get_predictor(f"checkpoint:{tmp_path}") is predictors.mean_head
+  assert loaded == [str(tmp_path)]
