@@ -146,14 +146,14 @@ def crop_face_box(image, box, size=PREDICTOR_IMAGE_SIZE, enlargement=NOW_FACE_BO
   return np.asarray(crop.resize((size, size), Image.BILINEAR), np.float32) / 255
 
 
-def _read_now_image(dataset, image, size):
+def _read_now_image(dataset, image, box, size):
   path = dataset.image_path(image)
   try:
     with Image.open(path) as pil:
       pixels = np.asarray(pil.convert("RGB"))
   except OSError as error:
     raise ValueError(f"{path}: cannot read the NoW image ({error})") from None
-  return crop_face_box(pixels, dataset.face_box(image), size)
+  return crop_face_box(pixels, box, size)
 
 
 def now_benchmark(predictor, model, dataset, predictions_dir, split="val", challenge=None,
@@ -166,8 +166,9 @@ def now_benchmark(predictor, model, dataset, predictions_dir, split="val", chall
   faces = np.asarray(model.faces)
   for start in range(0, len(images), batch_size):
     batch = images[start:start + batch_size]
-    crops = np.stack([_read_now_image(dataset, im, image_size) for im in batch])
     boxes = np.stack([dataset.face_box(im) for im in batch])
+    crops = np.stack([_read_now_image(dataset, im, box, image_size)
+                      for im, box in zip(batch, boxes)])
     params = predictor(crops, {"face_box": boxes})
     for image, vertices in zip(batch, np.asarray(_neutral_vertices(model, params.shape))):
       now_data.write_prediction(predictions_dir, image, vertices, faces,

@@ -104,6 +104,7 @@ def _write_now_folder(root, scans, faces, model):
   """A NoW folder with one neutral image per subject: scans (name -> vertices in metres) and
   their landmarks written in mm, the validation list, iPhone images and face boxes."""
   images = [now_data.NowImage(name, "multiview_neutral", "IMG_0001.jpg") for name in scans]
+  os.makedirs(root)
   with open(os.path.join(root, "imagepathsvalidation.txt"), "w") as f:
     f.write("".join(im.relative_path + "\n" for im in images))
   dataset = now_data.NowDataset(root)
