@@ -19,6 +19,7 @@ import dataclasses
 import jax
 import numpy as np
 from PIL import Image
+import tqdm
 
 from data.synthetic_heads import features as F
 from sheap_jax import flame
@@ -85,11 +86,14 @@ def _batches(source, indices, batch_size):
     yield images, examples, ids
 
 
-def _check_model_matches(model, gt_vertices):
-  if gt_vertices.shape[-2] != model.num_vertices:
-    raise ValueError(f"the synthetic ground truth has {gt_vertices.shape[-2]} vertices but the "
-                     f"FLAME model has {model.num_vertices}: synthetic benchmarks need the "
-                     "built-in head the data was rendered with (omit --flame)")
+def _check_model_matches(model, examples):
+  """Stored GT meshes must come from `model` (the built-in head the data was rendered with)."""
+  for key in (F.GT_VERTICES, F.GT_NEUTRAL_VERTICES):
+    if key in examples and examples[key].shape[-2] != model.num_vertices:
+      raise ValueError(f"the synthetic ground truth ({key}) has {examples[key].shape[-2]} "
+                       f"vertices but the FLAME model has {model.num_vertices}: synthetic "
+                       "benchmarks need the built-in head the data was rendered with (omit "
+                       "--flame)")
 
 
 def _score(model, pred_vertices, gt_vertices):
@@ -101,22 +105,26 @@ def _score(model, pred_vertices, gt_vertices):
 
 def _synthetic(name, predictor, model, source, posed, max_items, frames_per_identity,
                batch_size):
+  indices = select_frames(source, frames_per_identity, max_items)
   ids, errors = [], []
-  for images, examples, batch_ids in _batches(
-      source, select_frames(source, frames_per_identity, max_items), batch_size):
-    params = predictor(images, examples)
-    if posed:
-      predicted = _flame_forward(model, params).vertices
-      gt = examples.get(F.GT_VERTICES)
-      gt = _flame_forward(model, predictors.oracle(images, examples)).vertices if gt is None else gt
-    else:
-      predicted = _neutral_vertices(model, params.shape)
-      gt = examples.get(F.GT_NEUTRAL_VERTICES)
-      gt = _neutral_vertices(model, examples[F.GT_SHAPE]) if gt is None else gt
-    _check_model_matches(model, np.asarray(gt))
-    for p, g in zip(np.asarray(predicted), np.asarray(gt)):
-      errors.append(_score(model, p, g))
-    ids.extend(batch_ids)
+  with tqdm.tqdm(total=len(indices), desc=name, unit="frame", disable=None) as progress:
+    for images, examples, batch_ids in _batches(source, indices, batch_size):
+      _check_model_matches(model, examples)
+      params = predictor(images, examples)
+      if posed:
+        predicted = _flame_forward(model, params).vertices
+        gt = examples.get(F.GT_VERTICES)
+        if gt is None:
+          gt = _flame_forward(model, predictors.oracle(images, examples)).vertices
+      else:
+        predicted = _neutral_vertices(model, params.shape)
+        gt = examples.get(F.GT_NEUTRAL_VERTICES)
+        if gt is None:
+          gt = _neutral_vertices(model, examples[F.GT_SHAPE])
+      for p, g in zip(np.asarray(predicted), np.asarray(gt)):
+        errors.append(_score(model, p, g))
+        progress.update()
+      ids.extend(batch_ids)
   return BenchmarkResult(name, tuple(ids), tuple(errors))
 
 

@@ -169,7 +169,7 @@ def test_crop_face_box_pads_and_resizes():
   assert crop[9:27, 9:27].min() == 1.0
 
 
-def test_bad_benchmark_predictor_and_now_path_give_clear_errors(tmp_path, capsys):
+def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_path, capsys):
   cases = [
       (["--benchmark", "nowish"], "unknown benchmark"),
       (["--benchmark", "now"], "needs --now_dir"),
@@ -184,6 +184,9 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(tmp_path, capsys
     assert message in capsys.readouterr().err
   with pytest.raises(ValueError, match="oracle predictor needs ground-truth"):
     predictors.oracle(np.zeros((1, 8, 8, 3)), {"face_box": np.zeros((1, 4))})
+  with pytest.raises(ValueError, match="need the built-in head the data was rendered with"):
+    evaluate.main(["--flame", os.path.join(os.path.dirname(__file__), "fixtures", "flame_chumpy"),
+                   "--data_dir", data_dir, "--config", EVAL_CONFIG.name, "--out", str(tmp_path)])
   with pytest.raises(ValueError, match="no built synthetic_heads dataset"):
     evaluate.synthetic_source(str(tmp_path), "nonexistent", "validation")
 
