@@ -1,0 +1,201 @@
+"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.metrics.now`).
+
+- `synthetic_neutral`: held-out identities of `synthetic_heads`. Each evaluated frame's
+  predicted shape gives a neutral mesh (zero pose, expression and eyelids), scored against the
+  identity's ground-truth neutral mesh as NoW scores a prediction against a scan: crop the GT
+  vertices around the nose with the GT mesh's 7 NoW landmarks, align the prediction (7-landmark
+  Procrustes with scale, then scale/rotation/translation refinement), per-vertex
+  point-to-triangle errors. Like NoW, errors are pooled over images (frames), several per
+  identity.
+- `synthetic_expressions`: the same protocol on the posed, expressive frames: the predicted
+  posed mesh (all parameters) against the frame's ground-truth posed mesh.
+- `now`: real NoW images, cropped around NoW's face box, predicted neutral meshes written in the
+  official layout (`now_data.write_prediction`), then scored against the scans.
+The "scan" of the synthetic benchmarks is every GT vertex inside NoW's crop sphere (eyeball and
+mouth-pocket vertices included); only `oracle`-style predictors see the GT parameters.
+"""
+import dataclasses
+
+import jax
+import numpy as np
+from PIL import Image
+import tqdm
+
+from data.synthetic_heads import features as F
+from sheap_jax import flame
+from sheap_jax import predictors
+from sheap_jax.metrics import now
+from sheap_jax.metrics import now_data
+
+NOW_FACE_BOX_ENLARGEMENT = 0.8  # SHeaP's NoW crop: the detected box grown by 80%
+PREDICTOR_IMAGE_SIZE = 224
+
+_neutral_vertices = jax.jit(flame.neutral_vertices)
+_flame_forward = jax.jit(flame.flame_forward)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkResult:
+  """Per-item NoW errors (metres) of one predictor on one benchmark."""
+
+  benchmark: str
+  item_ids: tuple  # one name per scored item (frame or NoW image)
+  errors: tuple  # (N_i,) errors of each item's cropped GT points, metres
+
+  def summary(self):
+    """Pooled median/mean/std in mm (NoW's figures), the point and item counts."""
+    return {**now.summarize(list(self.errors)), "num_items": len(self.item_ids)}
+
+  def per_item(self):
+    return [{"id": i, "median_mm": float(1000 * np.median(e)), "mean_mm": float(1000 * e.mean())}
+            for i, e in zip(self.item_ids, self.errors)]
+
+
+def now_landmarks(model, vertices):
+  """NoW's 7 landmarks (7, 3) of a mesh (V, 3): the model's full-embedding barycentrics."""
+  indices = model.full_lmk_faces[np.asarray(flame.NOW_LANDMARKS)]
+  corners = np.asarray(vertices, np.float64)[np.asarray(model.faces)[np.asarray(indices)]]
+  bary = np.asarray(model.full_lmk_bary, np.float64)[np.asarray(flame.NOW_LANDMARKS)]
+  return np.einsum("lkc,lk->lc", corners, bary)
+
+
+def select_frames(source, frames_per_identity, max_items=None):
+  """Record indices: `frames_per_identity` evenly spaced frames of each video of the split.
+
+  Records are stored video after video (features.py); the order interleaves identities (every
+  identity's first pick, then every second pick, ...), so `max_items` keeps many identities.
+  """
+  if len(source) == 0:
+    raise ValueError("the synthetic split holds no records")
+  if frames_per_identity < 1:
+    raise ValueError(f"frames_per_identity must be >= 1, got {frames_per_identity}")
+  frames = int(source[0][F.VIDEO_NUM_FRAMES])
+  picks = np.unique(np.round(np.linspace(0, frames - 1, min(frames_per_identity, frames))))
+  num_videos = len(source) // frames
+  order = [video * frames + int(p) for p in picks for video in range(num_videos)]
+  return order[:max_items] if max_items else order
+
+
+def _batches(source, indices, batch_size):
+  """(images (B, H, W, 3) float32 [0, 1], examples {key: (B, ...)}, ids) per chunk."""
+  for start in range(0, len(indices), batch_size):
+    records = [source[i] for i in indices[start:start + batch_size]]
+    images = np.stack([F.decode_image(r[F.IMAGE]) for r in records]).astype(np.float32) / 255
+    examples = {k: np.stack([r[k] for r in records]) for k in records[0] if k != F.IMAGE}
+    ids = [f"video{int(r[F.VIDEO_ID]):06d}/frame{int(r[F.FRAME_INDEX]):04d}" for r in records]
+    yield images, examples, ids
+
+
+def _check_model_matches(model, examples):
+  """Stored GT meshes must come from `model` (the built-in head the data was rendered with)."""
+  for key in (F.GT_VERTICES, F.GT_NEUTRAL_VERTICES):
+    if key in examples and examples[key].shape[-2] != model.num_vertices:
+      raise ValueError(f"the synthetic ground truth ({key}) has {examples[key].shape[-2]} "
+                       f"vertices but the FLAME model has {model.num_vertices}: synthetic "
+                       "benchmarks need the built-in head the data was rendered with (omit "
+                       "--flame)")
+
+
+def _score(model, pred_vertices, gt_vertices):
+  """NoW errors of one predicted mesh against one GT mesh of the same topology."""
+  faces = np.asarray(model.faces)
+  return now.now_errors(pred_vertices, faces, now_landmarks(model, pred_vertices), gt_vertices,
+                        faces, now_landmarks(model, gt_vertices))
+
+
+def _synthetic(name, predictor, model, source, posed, max_items, frames_per_identity,
+               batch_size):
+  indices = select_frames(source, frames_per_identity, max_items)
+  ids, errors = [], []
+  with tqdm.tqdm(total=len(indices), desc=name, unit="frame", disable=None) as progress:
+    for images, examples, batch_ids in _batches(source, indices, batch_size):
+      _check_model_matches(model, examples)
+      params = predictor(images, examples)
+      if posed:
+        predicted = _flame_forward(model, params).vertices
+        gt = examples.get(F.GT_VERTICES)
+        if gt is None:
+          gt = _flame_forward(model, predictors.oracle(images, examples)).vertices
+      else:
+        predicted = _neutral_vertices(model, params.shape)
+        gt = examples.get(F.GT_NEUTRAL_VERTICES)
+        if gt is None:
+          gt = _neutral_vertices(model, examples[F.GT_SHAPE])
+      for p, g in zip(np.asarray(predicted), np.asarray(gt)):
+        errors.append(_score(model, p, g))
+        progress.update()
+      ids.extend(batch_ids)
+  return BenchmarkResult(name, tuple(ids), tuple(errors))
+
+
+def synthetic_neutral(predictor, model, source, max_items=None, frames_per_identity=2,
+                      batch_size=8):
+  """Predicted neutral meshes of held-out frames against their identity's GT neutral mesh."""
+  return _synthetic("synthetic_neutral", predictor, model, source, False, max_items,
+                    frames_per_identity, batch_size)
+
+
+def synthetic_expressions(predictor, model, source, max_items=None, frames_per_identity=4,
+                          batch_size=8):
+  """Predicted posed meshes of held-out frames against the frames' GT posed meshes."""
+  return _synthetic("synthetic_expressions", predictor, model, source, True, max_items,
+                    frames_per_identity, batch_size)
+
+
+def crop_face_box(image, box, size=PREDICTOR_IMAGE_SIZE, enlargement=NOW_FACE_BOX_ENLARGEMENT):
+  """SHeaP's NoW crop: the box grown by `enlargement` about its centre, padded to a square
+  (black outside the image), resized to size x size. (H, W, 3) uint8 -> float32 [0, 1]."""
+  left, top, right, bottom = np.asarray(box, np.float64)
+  side = (1 + enlargement) * max(right - left, bottom - top)
+  cx, cy = (left + right) / 2, (top + bottom) / 2
+  square = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2,
+                                         cy + side / 2))
+  crop = Image.fromarray(np.asarray(image, np.uint8)).crop(square)
+  return np.asarray(crop.resize((size, size), Image.BILINEAR), np.float32) / 255
+
+
+def _read_now_image(dataset, image, box, size):
+  path = dataset.image_path(image)
+  try:
+    with Image.open(path) as pil:
+      pixels = np.asarray(pil.convert("RGB"))
+  except OSError as error:
+    raise ValueError(f"{path}: cannot read the NoW image ({error})") from None
+  return crop_face_box(pixels, box, size)
+
+
+def now_benchmark(predictor, model, dataset, predictions_dir, split="val", challenge=None,
+                  max_items=None, batch_size=8, image_size=PREDICTOR_IMAGE_SIZE):
+  """Predicts neutral meshes for NoW images, writes them in the official layout, scores them."""
+  images = dataset.images(split, challenge)[:max_items]
+  if not images:
+    raise ValueError(f"{dataset.root}: the NoW {split} list has no images"
+                     + (f" of challenge {challenge}" if challenge else ""))
+  faces = np.asarray(model.faces)
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    boxes = np.stack([dataset.face_box(im) for im in batch])
+    crops = np.stack([_read_now_image(dataset, im, box, image_size)
+                      for im, box in zip(batch, boxes)])
+    params = predictor(crops, {"face_box": boxes})
+    for image, vertices in zip(batch, np.asarray(_neutral_vertices(model, params.shape))):
+      now_data.write_prediction(predictions_dir, image, vertices, faces,
+                                now_landmarks(model, vertices))
+  errors, missing = now_data.evaluate_predictions(dataset, predictions_dir, images)
+  if missing:
+    raise RuntimeError(f"{predictions_dir}: predictions missing for "
+                       f"{[im.relative_path for im in missing][:5]}")
+  ids = tuple(im.relative_path for im in images)
+  return BenchmarkResult("now", ids, tuple(errors[i] for i in ids))
+
+
+def write_cumulative_plot(results_by_predictor, path):
+  """One cumulative error curve per predictor (NoW's plot), as a PNG."""
+  now.plot_cumulative_errors({name: list(r.errors) for name, r in results_by_predictor.items()},
+                             path)
+  return path
+
+
+SYNTHETIC = {"synthetic_neutral": synthetic_neutral,
+             "synthetic_expressions": synthetic_expressions}
+NAMES = tuple(SYNTHETIC) + ("now",)

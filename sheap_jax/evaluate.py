@@ -1,0 +1,175 @@
+"""Scores predictors on geometry benchmarks; writes JSON and cumulative-error PNGs, prints a table.
+
+  python -m sheap_jax.evaluate --benchmark synthetic_neutral --predictor mean_head,oracle \
+      --data_dir ~/tensorflow_datasets --out /tmp/eval
+  python -m sheap_jax.evaluate --benchmark now --now_dir /data/NoW --predictor checkpoint:DIR \
+      --out /tmp/eval
+
+Benchmarks (comma-separated): synthetic_neutral, synthetic_expressions (held-out identities of
+`synthetic_heads`; the config is built into --data_dir if absent) and now (a NoW dataset
+folder). Predictors (comma-separated): mean_head, oracle, checkpoint:DIR. Per benchmark it
+writes `<out>/<benchmark>.json` (summary and per-item errors of every predictor) and
+`<out>/<benchmark>_cumulative.png`; NoW predictions go to `<out>/now_predictions/<predictor>/`.
+See docs/evaluation.md.
+"""
+import argparse
+import json
+import os
+import re
+
+import tensorflow_datasets as tfds
+
+from sheap_jax import benchmarks
+from sheap_jax import flame
+from sheap_jax import predictors
+from sheap_jax.metrics import now_data
+
+SPLITS = {"validation": "val", "test": "test"}  # synthetic split -> NoW image list
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--benchmark", default="synthetic_neutral",
+                      help=f"comma-separated, of {', '.join(benchmarks.NAMES)}")
+  parser.add_argument("--predictor", default="mean_head,oracle",
+                      help=f"comma-separated, of {', '.join(predictors.BUILT_IN)} or "
+                           "checkpoint:DIR")
+  parser.add_argument("--out", required=True, help="folder for the JSON, plots and predictions")
+  parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"),
+                      help="TFDS data folder holding (or to hold) synthetic_heads")
+  parser.add_argument("--config", default="tiny", help="synthetic_heads config name")
+  parser.add_argument("--split", default="validation", choices=sorted(SPLITS))
+  parser.add_argument("--now_dir", help="NoW dataset folder (for --benchmark now)")
+  parser.add_argument("--now_challenge", choices=now_data.CHALLENGES,
+                      help="score only this NoW challenge (default: all images of the split)")
+  parser.add_argument("--flame", help="FLAME model file or folder (default: the built-in head)")
+  parser.add_argument("--max_items", type=int, help="score at most this many frames / images")
+  parser.add_argument("--frames_per_identity", type=int,
+                      help="synthetic frames scored per identity (default: 2 neutral, 4 posed)")
+  parser.add_argument("--batch_size", type=int, default=8)
+  args = parser.parse_args(argv)
+
+  args.benchmarks = [b for b in args.benchmark.split(",") if b]
+  unknown = [b for b in args.benchmarks if b not in benchmarks.NAMES]
+  if unknown or not args.benchmarks:
+    parser.error(f"unknown benchmark {unknown or args.benchmark!r}: expected one or more of "
+                 f"{', '.join(benchmarks.NAMES)}")
+  if "now" in args.benchmarks:
+    if not args.now_dir:
+      parser.error("--benchmark now needs --now_dir, the NoW dataset folder")
+    if not os.path.isdir(args.now_dir):
+      parser.error(f"--now_dir {args.now_dir}: NoW dataset folder not found")
+  if args.max_items is not None and args.max_items < 1:
+    parser.error(f"--max_items must be >= 1, got {args.max_items}")
+  try:
+    args.predictors = {name: predictors.get_predictor(name)
+                       for name in args.predictor.split(",") if name}
+  except ValueError as error:
+    parser.error(str(error))
+  if not args.predictors:
+    parser.error("--predictor names no predictor")
+  return args
+
+
+def load_model(path):
+  """FLAME from a path, or the built-in head the synthetic data was rendered with."""
+  if path:
+    return flame.load_flame(path)
+  from data.synthetic_heads import assets  # pylint: disable=import-outside-toplevel
+  return assets.head_assets().model
+
+
+def synthetic_source(data_dir, config, split):
+  """The split's random-access records, building the config into data_dir first if absent."""
+  from data.synthetic_heads import builder  # pylint: disable=import-outside-toplevel
+  version_dir = os.path.join(data_dir, "synthetic_heads", config,
+                             str(builder.SyntheticHeads.VERSION))
+  if not os.path.isfile(os.path.join(version_dir, "dataset_info.json")):
+    known = [c.name for c in builder.SyntheticHeads.BUILDER_CONFIGS]
+    if config not in known:
+      raise ValueError(f"{version_dir}: no built synthetic_heads dataset, and {config!r} is not a "
+                       f"config this command can build ({', '.join(known)})")
+    print(f"building synthetic_heads/{config} into {data_dir} (once)")
+    tfds.display_progress_bar(True)
+    builder.SyntheticHeads(config=config, data_dir=data_dir,
+                           file_format="array_record").download_and_prepare()
+  reader = tfds.builder_from_directory(version_dir)
+  if split not in reader.info.splits:
+    raise ValueError(f"{version_dir}: no {split!r} split (has {sorted(reader.info.splits)})")
+  return reader.as_data_source(split=split)
+
+
+def run_benchmark(name, args, model, data):
+  """{predictor name: BenchmarkResult} of one benchmark."""
+  results = {}
+  for predictor_name, predictor in args.predictors.items():
+    if name == "now":
+      predictions_dir = os.path.join(args.out, "now_predictions", _safe_name(predictor_name))
+      results[predictor_name] = benchmarks.now_benchmark(
+          predictor, model, data, predictions_dir, split=SPLITS[args.split],
+          challenge=args.now_challenge, max_items=args.max_items, batch_size=args.batch_size)
+    else:
+      frames = {} if args.frames_per_identity is None else {
+          "frames_per_identity": args.frames_per_identity}
+      results[predictor_name] = benchmarks.SYNTHETIC[name](
+          predictor, model, data, max_items=args.max_items, batch_size=args.batch_size, **frames)
+  return results
+
+
+def _safe_name(name):
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+
+
+def write_outputs(name, results, args):
+  """<out>/<name>.json and <out>/<name>_cumulative.png; returns their paths."""
+  os.makedirs(args.out, exist_ok=True)
+  plot_path = benchmarks.write_cumulative_plot(
+      results, os.path.join(args.out, f"{name}_cumulative.png"))
+  report = {
+      "benchmark": name,
+      "split": args.split if name != "now" else SPLITS[args.split],
+      "data": args.now_dir if name == "now" else os.path.join(args.data_dir, "synthetic_heads",
+                                                               args.config),
+      "flame": args.flame or "built-in head",
+      "cumulative_plot": os.path.basename(plot_path),
+      "predictors": {p: {"summary": r.summary(), "items": r.per_item()}
+                     for p, r in results.items()},
+  }
+  json_path = os.path.join(args.out, f"{name}.json")
+  with open(json_path, "w") as f:
+    json.dump(report, f, indent=2)
+  return json_path, plot_path
+
+
+def format_table(rows):
+  """Fixed-width table of (benchmark, predictor, summary) rows."""
+  header = ("benchmark", "predictor", "items", "median mm", "mean mm", "std mm")
+  lines = [(b, p, str(s["num_items"]), f"{s['median_mm']:.4f}", f"{s['mean_mm']:.4f}",
+            f"{s['std_mm']:.4f}") for b, p, s in rows]
+  widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
+  fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                            for i, (c, w) in enumerate(zip(r, widths)))
+  return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  model = load_model(args.flame)
+  rows, source = [], None
+  for name in args.benchmarks:
+    if name == "now":
+      data = now_data.NowDataset(args.now_dir)
+    else:
+      if source is None:
+        source = synthetic_source(args.data_dir, args.config, args.split)
+      data = source
+    results = run_benchmark(name, args, model, data)
+    json_path, plot_path = write_outputs(name, results, args)
+    print(f"wrote {json_path} and {plot_path}")
+    rows.extend((name, p, r.summary()) for p, r in results.items())
+  print(format_table(rows))
+  return rows
+
+
+if __name__ == "__main__":
+  main()
