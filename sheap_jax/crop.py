@@ -25,6 +25,12 @@ VIDEO_MARGIN = 0.75  # SHeaP enlarges by 0.6-0.9 of the landmark box; the middle
 VIDEO_SHIFT_UP = 0.35  # ... and moves it up by 0.2-0.5 of the box height
 VIDEO_SMOOTHING = 0.3  # weight of the new frame's box in the exponential moving average
 NOW_ENLARGE = 0.8  # NoW's detected_face box grows by 80%, half on each side
+# The LBP cascade's square box vs the box of the 68 landmarks on the same face (medians over
+# renders of the built-in head, yaw within 26 degrees; docs/data_pipeline.md): the landmark box
+# is centred DETECTION_TO_LANDMARKS_SHIFT of the detection's side lower, and is
+# DETECTION_TO_LANDMARKS_SIZE of its side wide and high.
+DETECTION_TO_LANDMARKS_SHIFT = 0.165
+DETECTION_TO_LANDMARKS_SIZE = (0.88, 0.84)
 
 
 def _as_boxes(boxes, name: str) -> np.ndarray:
@@ -68,6 +74,17 @@ def video_box(landmarks, valid=None, margin: float = VIDEO_MARGIN,
   """SHeaP's video crop box from one frame's landmarks: the landmark box enlarged to
   (1 + margin) times its size, moved up by shift_up times its height, squared."""
   return square_box(landmarks_box(landmarks, valid), 1.0 + margin, shift_up)
+
+
+def landmark_box_from_detection(detection) -> np.ndarray:
+  """The landmark box (4,) a face detection (4,) stands for, so that the video rule applies
+  unchanged when a frame has no landmarks."""
+  box = _as_boxes(detection, "detection")
+  side = np.maximum(box[..., 2] - box[..., 0], box[..., 3] - box[..., 1])
+  cx = 0.5 * (box[..., 0] + box[..., 2])
+  cy = 0.5 * (box[..., 1] + box[..., 3]) + DETECTION_TO_LANDMARKS_SHIFT * side
+  half_w, half_h = (0.5 * f * side for f in DETECTION_TO_LANDMARKS_SIZE)
+  return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
 
 
 def now_box(detected_box, enlarge: float = NOW_ENLARGE) -> np.ndarray:
