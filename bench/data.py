@@ -10,8 +10,10 @@ pairs_per_s: pairs per second out of `data.pairs.make_pair_iterator` at image_si
 augmentation, after a warm-up batch, median over runs, for each worker count; without workers
 also pairs per CPU second (the steadier figure on a shared, loaded machine).
 When the dataset has ground-truth landmarks, also the recall of `sheap_jax.crop.detect_faces`
-(a detection whose IoU with the true 68-landmark box, mapped by `landmark_box_from_detection`,
-is >= 0.5) and the median IoU. Prints a table and writes JSON records.
+on held-out splits (a detection whose IoU with the true 68-landmark box, mapped by
+`landmark_box_from_detection`, is >= 0.5) and, fitted on the training split, the
+detection-to-landmark-box constants that `sheap_jax/crop.py` holds. Prints a table and writes
+JSON records.
 """
 import argparse
 import json
@@ -60,21 +62,42 @@ def pairs_per_second(data_dir: str, split: str, image_size: int, batch_size: int
   return float(np.median(wall_rates)), float(np.median(cpu_rates))
 
 
-def detector_recall(data_dir: str, split: str, limit: int):
-  """(recall, median IoU, frames) of the LBP detector against the true landmark boxes."""
-  source = tfds.builder_from_directory(data_dir).as_data_source(split=split)
-  ious = []
+def detections(data_dir: str, split: str, limit: int):
+  """[(largest detection or None, true 68-landmark box)] over up to `limit` frames, or None
+  when the dataset has no ground-truth landmarks."""
+  builder = tfds.builder_from_directory(data_dir)
+  if frame_features.GT_LANDMARKS not in builder.info.features:
+    return None
+  source = builder.as_data_source(split=split)
+  found = []
   for index in np.linspace(0, len(source) - 1, min(limit, len(source))).astype(int):
     record = source[int(index)]
-    if frame_features.GT_LANDMARKS not in record:
-      return None
-    truth = crop.landmarks_box(record[frame_features.GT_LANDMARKS])
-    found = crop.detect_faces(frame_features.decode_image(record[frame_features.IMAGE]))
-    ious.append(max((float(crop.box_iou(crop.landmark_box_from_detection(box), truth))
-                     for box in found), default=0.0))
-  ious = np.array(ious)
-  return float(np.mean(ious >= 0.5)), float(np.median(ious[ious > 0])) if (ious > 0).any() else (
-      0.0), len(ious)
+    boxes = crop.detect_faces(frame_features.decode_image(record[frame_features.IMAGE]))
+    found.append((boxes[0] if len(boxes) else None,
+                  crop.landmarks_box(record[frame_features.GT_LANDMARKS])))
+  return found
+
+
+def detector_calibration(found):
+  """Medians of (landmark-box centre below the detection's centre, landmark-box width,
+  height), each over the detection's side: what `crop.DETECTION_TO_LANDMARKS_*` hold."""
+  rows = []
+  for box, truth in found:
+    if box is not None:
+      side = box[2] - box[0]
+      rows.append(((truth[1] + truth[3] - box[1] - box[3]) / (2 * side),
+                   (truth[2] - truth[0]) / side, (truth[3] - truth[1]) / side))
+  return np.median(np.array(rows), axis=0).tolist()
+
+
+def detector_recall(found):
+  """(recall, found rate, median IoU of found): a frame counts when its largest detection,
+  mapped by `landmark_box_from_detection`, has IoU >= 0.5 with the true landmark box."""
+  ious = np.array([0.0 if box is None else float(crop.box_iou(
+      crop.landmark_box_from_detection(box), truth)) for box, truth in found])
+  found_any = np.array([box is not None for box, _ in found])
+  return (float(np.mean(ious >= 0.5)), float(np.mean(found_any)),
+          float(np.median(ious[found_any])) if found_any.any() else 0.0)
 
 
 def draw_pairs(data_dir: str, split: str, path: str, count: int = 4):
@@ -112,7 +135,9 @@ def main(argv=None):
   parser.add_argument("--batches", type=int, default=8)
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--workers", default="0,2", help="comma-separated Grain worker counts")
-  parser.add_argument("--recall_frames", type=int, default=200)
+  parser.add_argument("--recall_frames", type=int, default=200, help="per split")
+  parser.add_argument("--recall_splits", default="validation,test",
+                      help="splits for the detector's recall (its constants are fitted on train)")
   parser.add_argument("--figure", help="also write a PNG of sample pairs here")
   parser.add_argument("--out", default="bench/results/data_cpu.json")
   args = parser.parse_args(argv)
@@ -130,7 +155,11 @@ def main(argv=None):
       if not workers:
         record["pairs_per_cpu_s"] = per_cpu
       records.append(record)
-    recall = detector_recall(data_dir, args.split, args.recall_frames)
+    held_out = [d for split in args.recall_splits.split(",")
+                for d in (detections(data_dir, split, args.recall_frames) or [])]
+    recall = detector_recall(held_out) if held_out else None
+    if recall is not None:
+      fitted = detector_calibration(detections(data_dir, args.split, args.recall_frames))
     if args.figure:
       draw_pairs(data_dir, args.split, args.figure)
 
@@ -140,8 +169,9 @@ def main(argv=None):
             "dataset": os.path.relpath(data_dir, scratch) if args.data_dir is None else data_dir,
             "batch_size": args.batch_size, "load_average": os.getloadavg()[0]}
   if recall is not None:
-    common.update(detector_recall=recall[0], detector_median_iou=recall[1],
-                  detector_frames=recall[2])
+    common.update(detector_recall=recall[0], detector_found=recall[1],
+                  detector_median_iou=recall[2], detector_frames=len(held_out),
+                  detector_to_landmarks_fitted=fitted)
   records = [dict(common, **r) for r in records]
   print(f"{'workers':>8} {'pairs/s':>9} {'pairs/CPU s':>12} {'frames generated/s':>19}")
   for r in records:
@@ -150,8 +180,10 @@ def main(argv=None):
     print(f"{r['worker_count']:>8} {r['pairs_per_s']:>9.1f} {per_cpu:>12} {generated:>19}")
   print(f"load average {common['load_average']:.1f} on {os.cpu_count()} cores")
   if recall is not None:
-    print(f"detector recall (IoU >= 0.5) {recall[0]:.3f}, median IoU {recall[1]:.3f} "
-          f"over {recall[2]} frames")
+    print(f"detector on {len(held_out)} held-out frames: recall (IoU >= 0.5) {recall[0]:.3f}, "
+          f"found {recall[1]:.3f}, median IoU {recall[2]:.3f}")
+    print("detection -> landmark box fitted on the training split (shift, width, height): "
+          + ", ".join(f"{v:.3f}" for v in fitted))
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(records, f, indent=1)

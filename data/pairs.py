@@ -9,7 +9,8 @@ its `frame_index` and `video_num_frames`. Grain drives it:
        a random gap 1..max_gap (either direction); ground-truth fields never leave this step
     -> AugmentPair: optional flip (both frames), colour jitter (both frames), zoom and shift
        (each frame), applied to image and landmarks alike; resize to image_size
-    -> Batch, then split into (local devices, per-device batch, ...)
+    -> Batch (`stack_pairs`: uint8 -> float32 through the colour change, in one pass), then
+       split into (local devices, per-device batch, ...)
 
 Every random choice comes from Grain's per-record generator, so a seed fixes the stream and the
 iterator's `get_state()` / `set_state()` resume it exactly.
@@ -36,6 +37,7 @@ FLIP_PERMUTATION = np.array(
     + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
     + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
     + [64, 63, 62, 61, 60, 67, 66, 65])  # inner lips
+LEVELS = "colour_levels"  # (256,) float32: a pair's colour change, until batching
 BATCH_KEYS = ("source_image", "target_image", "source_landmarks", "target_landmarks",
               "source_landmarks_valid", "target_landmarks_valid", "video_id", "source_frame",
               "target_frame")
@@ -95,7 +97,8 @@ class SamplePair(grain.RandomMapTransform):
 
 
 class AugmentPair(grain.RandomMapTransform):
-  """Augments and resizes both frames of a pair (uint8 in); images become float32 in [0, 1]."""
+  """Augments and resizes both frames of a pair. Images stay uint8, with the pair's colour
+  change as a table under LEVELS, until `stack_pairs` batches them."""
 
   def __init__(self, augmentation: Augmentation, image_size: int):
     self._aug = augmentation
@@ -106,10 +109,10 @@ class AugmentPair(grain.RandomMapTransform):
     flip = rng.random() < aug.flip_probability
     gain = 1.0 + rng.uniform(-aug.brightness, aug.brightness)
     contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
-    # One colour change for both frames (a gain, then contrast about mid-grey), applied to
-    # uint8 pixels as a 256-entry table: cheaper than float arithmetic on every pixel.
+    # One colour change for both frames (a gain, then contrast about mid-grey) as a table from
+    # uint8 levels to float32: `stack_pairs` applies it while it fills the batch.
     levels = (np.arange(256, dtype=np.float32) * (gain / 255.0) - 0.5) * contrast + 0.5
-    levels = np.clip(levels, 0.0, 1.0).astype(np.float32)
+    element[LEVELS] = np.clip(levels, 0.0, 1.0).astype(np.float32)
     for prefix in ("source", "target"):
       image = element[f"{prefix}_image"]
       points = element[f"{prefix}_landmarks"]
@@ -129,10 +132,23 @@ class AugmentPair(grain.RandomMapTransform):
         points = crop.points_to_crop(points, box, self._size)
       inside = np.all((points >= -0.5) & (points <= self._size - 0.5), axis=1)
       valid = valid & inside
-      element[f"{prefix}_image"] = levels[image]
+      element[f"{prefix}_image"] = np.ascontiguousarray(image)
       element[f"{prefix}_landmarks"] = np.where(valid[:, None], points, 0.0).astype(np.float32)
       element[f"{prefix}_landmarks_valid"] = valid
     return element
+
+
+def stack_pairs(elements):
+  """Grain batch function: stacks the pairs, turning uint8 images into float32 in [0, 1]
+  through each pair's colour table, written straight into the batch (one pass, no copies)."""
+  batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]
+           if k != LEVELS and not k.endswith("_image")}
+  for key in ("source_image", "target_image"):
+    images = np.empty((len(elements),) + elements[0][key].shape, np.float32)
+    for out, element in zip(images, elements):
+      np.take(element[LEVELS], element[key], out=out)
+    batch[key] = images
+  return batch
 
 
 class SplitDevices(grain.MapTransform):
@@ -191,7 +207,8 @@ def make_pair_loader(data, *, split: str = "train", global_batch_size: int, seed
       shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
       shuffle=shuffle, num_epochs=num_epochs, seed=seed)
   operations = [SamplePair(source, max_gap), AugmentPair(augmentation, image_size),
-                grain.Batch(global_batch_size // shard_count, drop_remainder=True),
+                grain.Batch(global_batch_size // shard_count, drop_remainder=True,
+                            batch_fn=stack_pairs),
                 SplitDevices(num_local_devices)]
   if worker_count and not flags.FLAGS.is_parsed():
     # Grain's worker processes read absl flags, which nothing parses outside absl.app (plain

@@ -25,12 +25,12 @@ VIDEO_MARGIN = 0.75  # SHeaP enlarges by 0.6-0.9 of the landmark box; the middle
 VIDEO_SHIFT_UP = 0.35  # ... and moves it up by 0.2-0.5 of the box height
 VIDEO_SMOOTHING = 0.3  # weight of the new frame's box in the exponential moving average
 NOW_ENLARGE = 0.8  # NoW's detected_face box grows by 80%, half on each side
-# The LBP cascade's square box vs the box of the 68 landmarks on the same face (medians over
-# renders of the built-in head, yaw within 26 degrees; docs/data_pipeline.md): the landmark box
-# is centred DETECTION_TO_LANDMARKS_SHIFT of the detection's side lower, and is
-# DETECTION_TO_LANDMARKS_SIZE of its side wide and high.
-DETECTION_TO_LANDMARKS_SHIFT = 0.165
-DETECTION_TO_LANDMARKS_SIZE = (0.88, 0.84)
+# The LBP cascade's square box vs the box of the 68 true landmarks on the same face (medians
+# over synthetic_heads/tiny's 64 training frames; docs/data_pipeline.md): the landmark box is
+# centred DETECTION_TO_LANDMARKS_SHIFT of the detection's side lower, and is
+# DETECTION_TO_LANDMARKS_SIZE of that side wide and high (the cascade boxes the inner face).
+DETECTION_TO_LANDMARKS_SHIFT = 0.29
+DETECTION_TO_LANDMARKS_SIZE = (1.19, 1.225)
 
 
 def _as_boxes(boxes, name: str) -> np.ndarray:
@@ -171,10 +171,13 @@ def _face_cascade():
 
 
 def detect_faces(image, min_size: int = 32, max_size: Optional[int] = None,
-                 scale_factor: float = 1.2, step_ratio: float = 1.0,
-                 min_neighbors: int = 4) -> np.ndarray:
+                 scale_factor: float = 1.1, step_ratio: float = 1.0,
+                 min_neighbors: int = 2) -> np.ndarray:
   """Frontal-face boxes (N, 4) in an (H, W, C) image (uint8, or float in [0, 1]), largest
-  first; N = 0 when there is none. Uses scikit-image's LBP cascade (offline, CPU)."""
+  first; N = 0 when there is none. Uses scikit-image's LBP cascade (offline, CPU) on the
+  histogram-equalised grey image (equalising raised recall on synthetic frames from 0.06 to
+  0.66; docs/data_pipeline.md)."""
+  from skimage import color, exposure  # pylint: disable=import-outside-toplevel
   image = np.asarray(image)
   if image.ndim != 3:
     raise ValueError(f"sheap_jax/crop.py: image must be (H, W, C), got {image.shape}")
@@ -184,8 +187,9 @@ def detect_faces(image, min_size: int = 32, max_size: Optional[int] = None,
   largest = min(height, width) if max_size is None else max_size
   if largest < min_size:
     return np.zeros((0, 4), np.float32)
+  grey = pixels[..., 0] if pixels.shape[2] == 1 else color.rgb2gray(pixels[..., :3])
   found = _face_cascade().detect_multi_scale(
-      img=pixels[..., :3], scale_factor=scale_factor, step_ratio=step_ratio,
+      img=exposure.equalize_hist(grey), scale_factor=scale_factor, step_ratio=step_ratio,
       min_size=(min_size, min_size), max_size=(largest, largest),
       min_neighbor_number=min_neighbors)
   # The cascade reports the top-left pixel (r, c) and a size in pixels; its box therefore spans
