@@ -79,13 +79,14 @@ class SamplePair(grain.RandomMapTransform):
     gaps = np.arange(-self._max_gap, self._max_gap + 1)
     targets = frame + gaps[(gaps != 0) & (frame + gaps >= 0) & (frame + gaps < count)]
     target_frame = int(rng.choice(targets))
-    partner = self._source[int(element) - frame + target_frame]
-    if (partner[frame_features.VIDEO_ID] != record[frame_features.VIDEO_ID]
+    index = int(element) - frame + target_frame
+    partner = self._source[index] if 0 <= index < len(self._source) else None
+    if (partner is None or partner[frame_features.VIDEO_ID] != record[frame_features.VIDEO_ID]
         or int(partner[frame_features.FRAME_INDEX]) != target_frame):
       raise ValueError(
           f"data/pairs.py: record {element} (video {record[frame_features.VIDEO_ID]}, frame "
           f"{frame}) is not laid out as data/synthetic_heads/features.py requires: record "
-          f"{int(element) - frame + target_frame} should be frame {target_frame} of that video")
+          f"{index} should be frame {target_frame} of that video")
     pair = {"video_id": np.int64(record[frame_features.VIDEO_ID]),
             "source_frame": np.int64(frame), "target_frame": np.int64(target_frame)}
     for prefix, example in (("source", record), ("target", partner)):

@@ -29,8 +29,8 @@ NOW_ENLARGE = 0.8  # NoW's detected_face box grows by 80%, half on each side
 # over synthetic_heads/tiny's 64 training frames; docs/data_pipeline.md): the landmark box is
 # centred DETECTION_TO_LANDMARKS_SHIFT of the detection's side lower, and is
 # DETECTION_TO_LANDMARKS_SIZE of that side wide and high (the cascade boxes the inner face).
-DETECTION_TO_LANDMARKS_SHIFT = 0.29
-DETECTION_TO_LANDMARKS_SIZE = (1.19, 1.225)
+DETECTION_TO_LANDMARKS_SHIFT = 0.267
+DETECTION_TO_LANDMARKS_SIZE = (1.146, 1.189)
 
 
 def _as_boxes(boxes, name: str) -> np.ndarray:
