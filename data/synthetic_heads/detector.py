@@ -2,8 +2,9 @@
 
 Like a real detector compared with FLAME's embedding it has
 - a fixed per-landmark bias: a 3D offset in the head's frame (rotating with root and neck),
-  drawn once per dataset, smooth along each landmark contour, `bias_mm` root-mean-square
-  (`contour_factor` times larger on the jaw line, whose definition is the least certain);
+  drawn once per dataset, smooth along each landmark contour, `bias_mm` root-mean-square over
+  the inner 51 points and `contour_factor` times that on the jaw line (whose definition is the
+  least certain);
 - per-frame Gaussian noise of `noise_mm` per image axis (three times more where the point is
   hidden: the detector guesses);
 - outliers: with `outlier_probability` a point lands 10-25 mm away;
@@ -43,8 +44,9 @@ def bias_field(config: DetectorConfig) -> np.ndarray:
     ids = np.asarray(contour)
     padded = np.concatenate([raw[ids[:1]], raw[ids], raw[ids[-1:]]])
     smooth[ids] = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
-  smooth /= np.sqrt(np.mean(np.sum(smooth ** 2, axis=1)))
-  smooth[np.asarray(JAW)] *= config.contour_factor
+  jaw = np.isin(np.arange(68), np.asarray(JAW))
+  for part, scale in ((~jaw, 1.0), (jaw, config.contour_factor)):
+    smooth[part] *= scale / np.sqrt(np.mean(np.sum(smooth[part] ** 2, axis=1)))
   field = np.zeros((68, 3), np.float32)
   field[:, :2] = smooth * config.bias_mm * 1e-3
   return field

@@ -2,8 +2,8 @@
 specular highlights, over a background, behind an optional occluder, supersampled.
 
 Also returns the ground truth that needs the render: the exact 68 landmark projections, which
-of them are visible (they lie on the head surface seen at their pixel, within `VISIBLE_DEPTH`,
-and no occluder covers them), and the detector's biased landmark positions (the bias field is
+of them are visible (their output pixel is wholly covered by head surface near them, and by no
+occluder), and the detector's biased landmark positions (the bias field is
 fixed in the head's frame; `detector.py` adds noise and outliers).
 """
 import functools
@@ -49,9 +49,13 @@ def build_scene(static: assets_lib.HeadAssets) -> Scene:
   num_v = static.num_head_vertices
   num_hair_v = len(static.hair.source)
   head_faces = np.asarray(static.model.faces)
-  faces = np.concatenate([head_faces, static.hair.faces + num_v,
+  # The shell is open: give it an inner side too, so back-face culling never shows a hole
+  # where its rim stands off the head.
+  hair_faces = np.concatenate([static.hair.faces, static.hair.faces[:, ::-1]])
+  hair_uv_faces = np.concatenate([static.hair.uv_faces, static.hair.uv_faces[:, ::-1]])
+  faces = np.concatenate([head_faces, hair_faces + num_v,
                           static.torso.faces + num_v + num_hair_v]).astype(np.int32)
-  uv_faces = np.concatenate([static.uv_faces, static.hair.uv_faces,
+  uv_faces = np.concatenate([static.uv_faces, hair_uv_faces,
                              np.zeros_like(static.torso.faces)]).astype(np.int32)
   rest = np.zeros((num_v + num_hair_v + len(static.torso.vertices), 3), np.float32)
   rest[num_v + num_hair_v:] = static.torso.vertices
@@ -62,7 +66,7 @@ def build_scene(static: assets_lib.HeadAssets) -> Scene:
                hair_height=jnp.asarray(static.hair.height),
                torso_rest=jnp.asarray(static.torso.vertices - static.torso.root_joint),
                num_head_faces=len(head_faces),
-               num_hair_faces=len(static.hair.faces))
+               num_hair_faces=len(hair_faces))
 
 
 @struct.dataclass
@@ -209,13 +213,20 @@ def render_frame(scene: Scene, ident: identity_lib.Identity, texture: jnp.ndarra
   # Landmarks: exact projections, visibility against the fine buffers, detector bias.
   points = output.landmarks68[0]
   landmarks, depth = camera_lib.project_points(camera, points)
-  fine_xy = jnp.round(landmarks * supersample + (supersample - 1) / 2.0).astype(jnp.int32)
-  inside = jnp.all((fine_xy >= 0) & (fine_xy < jnp.array([fine.width, fine.height])), axis=-1)
-  col = jnp.clip(fine_xy[:, 0], 0, fine.width - 1)
-  row = jnp.clip(fine_xy[:, 1], 0, fine.height - 1)
-  on_surface = ((material[row, col] == assets_lib.HEAD) & (face[row, col] >= 0)
-                & (jnp.abs(fragments.depth[row, col] - depth) < VISIBLE_DEPTH))
-  visible = inside & on_surface & (cover[row, col] < 0.5)
+  pixel = jnp.round(landmarks).astype(jnp.int32)
+  inside = jnp.all((pixel >= 0) & (pixel < jnp.array([camera.width, camera.height])), axis=-1)
+  # The landmark's output pixel must be wholly covered by head surface near the landmark (its
+  # supersample^2 fine pixels), within VISIBLE_DEPTH plus two pixels' width of slope.
+  offsets = jnp.arange(supersample)
+  cols = jnp.clip(pixel[:, 0, None, None] * supersample + offsets[None, None, :], 0,
+                  fine.width - 1)
+  rows = jnp.clip(pixel[:, 1, None, None] * supersample + offsets[None, :, None], 0,
+                  fine.height - 1)
+  tolerance = VISIBLE_DEPTH + 2.0 * depth / camera.K[0, 0]
+  on_surface = ((material[rows, cols] == assets_lib.HEAD) & (face[rows, cols] >= 0)
+                & (jnp.abs(fragments.depth[rows, cols] - depth[:, None, None])
+                   < tolerance[:, None, None]) & (cover[rows, cols] < 0.5))
+  visible = inside & jnp.all(on_surface, axis=(1, 2))
   head_rotation = root_rotation @ axis_angle_to_matrix(frame.neck_pose)
   biased, _ = camera_lib.project_points(camera, points + bias_field @ head_rotation.T)
   return RenderedFrame(image=image, vertices=head, landmarks=landmarks, landmark_depth=depth,
