@@ -242,7 +242,7 @@ def test_flame_priors_known_params():
 def _tiny_encoder():
   model = vit.VisionTransformer(patch_size=7, width=16, depth=2, num_heads=2, num_registers=1,
                                 pos_embed_grid=(4, 4))
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 3)))["params"]
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 3)))["params"]
   return model, params
 
 
@@ -256,23 +256,25 @@ def test_perceptual_distance_reference_and_loss():
       expected, rtol=1e-5)
 
   model, params = _tiny_encoder()
-  for blocks in ((), (0, 1)):
-    feature_fn = losses.dinov2_feature_fn(model, params, blocks=blocks, input_size=28)
-    features = feature_fn(jnp.zeros((2, H, W, 3)))
-    assert [f.shape for f in features] == [(2, 16, 16)] * max(len(blocks), 1)
-    context = _context(rng, feature_fn=feature_fn)
-    assert abs(_value("perceptual", context.replace(image=context.render.color))) < 1e-6
-    assert _value("perceptual", context) > 1e-3
+  render, image = _render(rng), jnp.asarray(rng.random((B, H, W, 3)), jnp.float32)
+  feature_fn = losses.dinov2_feature_fn(model, params, blocks=(0, 1), input_size=28)
+  assert [f.shape for f in jax.eval_shape(feature_fn, image)] == [(B, 16, 16)] * 2
 
-    def loss(color, context=context):
-      return losses.perceptual_loss(context.replace(render=context.render.replace(color=color)))
+  @jax.jit
+  @jax.value_and_grad
+  def loss(color, target):
+    context = losses.LossContext(render=render.replace(color=color), image=target,
+                                 feature_fn=feature_fn)
+    return losses.total_loss({"perceptual": {"weight": 1.0}}, context)[0]
 
-    grad = jax.grad(loss)(context.render.color)
-    assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
+  assert abs(float(loss(image, image)[0])) < 1e-6
+  value, grad = loss(render.color, image)
+  assert float(value) > 1e-3
+  assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
   # The last block's captured output, after the final LayerNorm, is the final patch tokens.
   images = jnp.asarray(rng.random((1, 28, 28, 3)), jnp.float32)
-  last_block = losses.dinov2_feature_fn(model, params, blocks=(1,))(images)[0]
-  final = losses.dinov2_feature_fn(model, params)(images)[0]
+  last_block = jax.jit(losses.dinov2_feature_fn(model, params, blocks=(1,)))(images)[0]
+  final = jax.jit(losses.dinov2_feature_fn(model, params))(images)[0]
   normed = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False).apply({"params": params["norm"]},
                                                                      last_block)
   np.testing.assert_allclose(normed, final, atol=1e-5)
