@@ -385,7 +385,7 @@ def _term_options(name: str, entry) -> Tuple[float, Dict[str, Any]]:
   if name not in _REGISTRY:
     raise ValueError(f"{_FILE}: unknown loss {name!r} in config.losses; registered losses: "
                      f"{list(registered_losses())}")
-  entry = dict(entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else entry)
+  entry = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
   if "weight" not in entry:
     raise ValueError(f"{_FILE}: config.losses.{name} has no 'weight'")
   weight = entry.pop("weight")

@@ -87,7 +87,8 @@ def mesh_topology(faces, uvs, uv_faces) -> MeshTopology:
   if uvs.ndim != 2 or uvs.shape[1] != 2 or uv_faces.min() < 0 or uv_faces.max() >= len(uvs):
     raise ValueError(f"{_FILE}: uvs must be (T, 2) with every uv_faces index below T, got "
                      f"{uvs.shape} and indices up to {uv_faces.max()}")
-  return MeshTopology(faces=jnp.asarray(faces, jnp.int32), uv_faces=jnp.asarray(uv_faces, jnp.int32),
+  return MeshTopology(faces=jnp.asarray(faces, jnp.int32),
+                      uv_faces=jnp.asarray(uv_faces, jnp.int32),
                       uvs=jnp.asarray(uvs, jnp.float32),
                       neighbours=jnp.asarray(edge_neighbours(faces)))
 
@@ -312,7 +313,8 @@ class AlbedoHead(nn.Module):
     if self.texture_size % self.grid_size:
       raise ValueError(f"{_FILE}: AlbedoHead texture_size {self.texture_size} is not a multiple "
                        f"of grid_size {self.grid_size}")
-    batch, cells, patch = identity.shape[0], self.grid_size ** 2, self.texture_size // self.grid_size
+    batch, cells = identity.shape[0], self.grid_size ** 2
+    patch = self.texture_size // self.grid_size
     queries = self.param("queries", nn.initializers.normal(0.02), (cells, self.width))
     x = queries[None] + nn.Dense(self.width, name="identity")(identity)[:, None]
     tokens = nn.Dense(self.width, name="tokens")(image_tokens)
