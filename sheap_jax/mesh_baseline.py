@@ -135,10 +135,8 @@ def _silhouette_crossing(corners_of, orientation, neighbours, face, start, end, 
   across its steep axis (horizontal pairs for edges closer to vertical, `along_x`; vertical
   pairs otherwise), so that no edge is blended twice.
   """
-  found = jnp.zeros(face.shape, bool)
-  alive = jnp.ones(face.shape, bool)
-  t_found = jnp.full(face.shape, 0.5)
-  for _ in range(steps):
+  def step(_, state):
+    face, alive, found, t_found = state
     sign = orientation[face][..., None]
     corners = corners_of(face)
     at_start = sign * _edge_functions(corners, start)
@@ -155,10 +153,12 @@ def _silhouette_crossing(corners_of, orientation, neighbours, face, start, end, 
     steep = jnp.abs(direction[..., 1]) >= jnp.abs(direction[..., 0])
     exits = alive & (t <= 1.0)
     hit = exits & silhouette & (steep if along_x else ~steep)
-    t_found = jnp.where(hit, t, t_found)
-    found |= hit
     alive = exits & ~silhouette
-    face = jnp.where(alive, across, face)
+    return (jnp.where(alive, across, face), alive, found | hit, jnp.where(hit, t, t_found))
+
+  state = (face, jnp.ones(face.shape, bool), jnp.zeros(face.shape, bool),
+           jnp.full(face.shape, 0.5))
+  _, _, found, t_found = jax.lax.fori_loop(0, steps, step, state)
   return jnp.where(found, t_found, 0.5), found
 
 

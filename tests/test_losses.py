@@ -273,8 +273,9 @@ def test_perceptual_distance_reference_and_loss():
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
   # The last block's captured output, after the final LayerNorm, is the final patch tokens.
   images = jnp.asarray(rng.random((1, 28, 28, 3)), jnp.float32)
-  last_block = jax.jit(losses.dinov2_feature_fn(model, params, blocks=(1,)))(images)[0]
-  final = jax.jit(losses.dinov2_feature_fn(model, params))(images)[0]
+  last_block, final = jax.jit(lambda x: (
+      losses.dinov2_feature_fn(model, params, blocks=(1,))(x)[0],
+      losses.dinov2_feature_fn(model, params)(x)[0]))(images)
   normed = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False).apply({"params": params["norm"]},
                                                                      last_block)
   np.testing.assert_allclose(normed, final, atol=1e-5)
@@ -286,7 +287,13 @@ def _full_context(rng):
   """A context every registered term can read."""
   mesh_normals = rng.standard_normal((B, H, W, 3))
   mesh_normals /= np.linalg.norm(mesh_normals, axis=-1, keepdims=True)
-  model, params = _tiny_encoder()
+  projection = jnp.asarray(rng.standard_normal((4 * 4 * 3, 8)), jnp.float32)
+
+  def patch_features(images):
+    """A cheap stand-in extractor: random projections of 4 x 4 patches."""
+    patches = images.reshape(images.shape[0], H // 4, 4, W // 4, 4, 3).transpose(0, 1, 3, 2, 4, 5)
+    return [patches.reshape(images.shape[0], -1, 48) @ projection]
+
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return _context(
       rng, image_mask=f32(rng.random((B, H, W)) > 0.2),
@@ -300,7 +307,7 @@ def _full_context(rng):
           eyelids=f32(rng.random((B, 2)))),
       gaussian_offsets=f32(2 * rng.standard_normal((6, 2, 3))),
       gaussian_scales=f32(rng.random((6, 2, 2))), gaussian_opacities=f32(rng.random((6, 2))),
-      feature_fn=losses.dinov2_feature_fn(model, params, input_size=28))
+      feature_fn=patch_features)
 
 
 def test_default_config_covers_every_term_and_overrides_change_one_term():
