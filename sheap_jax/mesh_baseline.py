@@ -159,7 +159,7 @@ def _silhouette_crossing(corners_of, orientation, neighbours, face, start, end, 
   state = (face, jnp.ones(face.shape, bool), jnp.zeros(face.shape, bool),
            jnp.full(face.shape, 0.5))
   _, _, found, t_found = jax.lax.fori_loop(0, steps, step, state)
-  return jnp.where(found, t_found, 0.5), found
+  return t_found, found
 
 
 def _antialias(buffer, face_ids, depth, corners_of, orientation, neighbours, steps):
@@ -265,7 +265,7 @@ def render_image(vertices: jnp.ndarray, topology: MeshTopology, camera: camera_l
 def render(vertices: jnp.ndarray, topology: MeshTopology, camera: camera_lib.Camera,
            textures: jnp.ndarray, sh_coeffs: Optional[jnp.ndarray] = None, background=0.0,
            antialias: bool = True, walk_steps: int = DEFAULT_WALK_STEPS) -> RasterOutput:
-  """A batch: vertices (B, V, 3), a batched camera, textures (B, Ht, Wt, C), sh_coeffs
+  """A batch: vertices (B, V, 3), one camera or B cameras, textures (B, Ht, Wt, C), sh_coeffs
   (B, 9, C) -> RasterOutput with the fields a Gaussian render has (see the module docstring).
 
   Visibility runs frame by frame (`lax.map`, cheaper than vmap for the z-buffer's loop); the
@@ -275,10 +275,11 @@ def render(vertices: jnp.ndarray, topology: MeshTopology, camera: camera_lib.Cam
     raise ValueError(f"{_FILE}: render takes vertices (B, V, 3) and textures (B, Ht, Wt, C), got "
                      f"{tuple(vertices.shape)} and {tuple(textures.shape)}")
   batch = vertices.shape[0]
-  cameras = camera_lib.Camera(K=camera.Ks, viewmat=camera.viewmats, width=camera.width,
-                              height=camera.height)
-  if cameras.K.shape[0] != batch:
-    raise ValueError(f"{_FILE}: {cameras.K.shape[0]} cameras for {batch} meshes")
+  if camera.batch_size not in (1, batch):
+    raise ValueError(f"{_FILE}: {camera.batch_size} cameras for {batch} meshes")
+  cameras = camera_lib.Camera(K=jnp.broadcast_to(camera.K, (batch, 3, 3)),
+                              viewmat=jnp.broadcast_to(camera.viewmat, (batch, 4, 4)),
+                              width=camera.width, height=camera.height)
   face_ids = jax.lax.map(
       lambda args: mesh_render.rasterize(args[0], topology.faces, args[1]).face_ids,
       (jax.lax.stop_gradient(vertices), cameras))

@@ -184,6 +184,9 @@ def test_batched_render_feeds_the_losses(scene):
   np.testing.assert_allclose(value, jnp.mean(jnp.abs(out.color - target)), rtol=1e-5)
   assert out.normals.shape == (batch, SIZE, SIZE, 3) and float(jnp.abs(out.distortion).max()) == 0
   np.testing.assert_array_equal(out.median_depth, out.depth)
+  with pytest.raises(ValueError, match="2 cameras for 3 meshes"):
+    mesh_baseline.render(jnp.concatenate([batch_vertices, vertices[None]]), topology, cameras,
+                         jnp.concatenate([textures, texture[None]]))
   for b in range(batch):
     single = _render_image(batch_vertices[b], topology, camera, textures[b], lights[b], 0.1)
     np.testing.assert_allclose(out.color[b], single.color, atol=1e-5)
