@@ -296,7 +296,8 @@ def _flame_l2(context: LossContext, term: str, field: str) -> jnp.ndarray:
   source and target predictions present."""
   frames = [p for p in (context.flame_source, context.flame_target) if p is not None]
   if not frames:
-    _require(context, term, "flame_source")
+    raise ValueError(f"{_FILE}: loss {term!r} needs LossContext.flame_source or flame_target "
+                     "(both are None; set one, or give the term weight 0)")
   values = [jnp.mean(jnp.sum(getattr(p, field) ** 2, axis=-1)) for p in frames]
   return sum(values) / len(values)
 

@@ -1,8 +1,10 @@
 """Loss registry: every term against a known case or an independent reference; the config."""
+from absl import flags
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -235,7 +237,7 @@ def test_flame_priors_known_params():
   np.testing.assert_allclose(_value("eyelid_prior", context), 0.25 / 2, rtol=1e-5)
   only_source = context.replace(flame_target=None)
   np.testing.assert_allclose(_value("shape_prior", only_source), 2.5, rtol=1e-6)
-  with pytest.raises(ValueError, match="shape_prior.*flame_source"):
+  with pytest.raises(ValueError, match="'shape_prior' needs LossContext.flame_source or"):
     _value("shape_prior", context.replace(flame_source=None, flame_target=None))
 
 
@@ -340,6 +342,24 @@ def test_default_config_covers_every_term_and_overrides_change_one_term():
   config.depth.buffer = "median_depth"
   _, median = losses.total_loss(config, context)
   np.testing.assert_allclose(median["depth"], losses.depth_loss(context, buffer="median_depth"))
+
+
+def test_command_line_overrides_reach_the_terms():
+  argv = ["train", "--config.losses.ssim.weight=0", "--config.losses.depth.buffer=median_depth",
+          "--config.losses.landmarks.epsilon=0.01"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict(
+      "config", ml_collections.ConfigDict({"losses": losses.default_losses_config()}),
+      flag_values=flag_values, sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config.losses
+  assert config.ssim.weight == 0 and config.depth.buffer == "median_depth"
+  rng = np.random.default_rng(12)
+  context = _context(rng, landmarks=jnp.zeros((B, 3, 2)), landmarks_target=jnp.ones((B, 3, 2)))
+  _, values = losses.total_loss({"ssim": config.ssim, "landmarks": config.landmarks}, context)
+  assert "ssim" not in values
+  distance = np.sqrt(2.0) / max(H, W)
+  np.testing.assert_allclose(values["landmarks"], np.sqrt(distance ** 2 + 1e-4) - 0.01, rtol=1e-5)
 
 
 def test_total_loss_errors_name_the_problem():
