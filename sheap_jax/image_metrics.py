@@ -59,6 +59,6 @@ def ssim(a: jnp.ndarray, b: jnp.ndarray, **kwargs) -> jnp.ndarray:
 
 
 def psnr(a: jnp.ndarray, b: jnp.ndarray, data_range: float = 1.0) -> jnp.ndarray:
-  """(B,) peak signal-to-noise ratio in dB of each (B, H, W, C) image pair."""
+  """(B,) peak signal-to-noise ratio in dB of each (B, H, W, C) image pair (inf if equal)."""
   mse = jnp.mean((a - b) ** 2, axis=(1, 2, 3))
   return 10.0 * jnp.log10(data_range ** 2 / mse)

@@ -264,15 +264,20 @@ def test_perceptual_distance_reference_and_loss():
 
   @jax.jit
   @jax.value_and_grad
-  def loss(color, target):
+  def loss(color, target, mask):
     context = losses.LossContext(render=render.replace(color=color), image=target,
-                                 feature_fn=feature_fn)
+                                 image_mask=mask, feature_fn=feature_fn)
     return losses.total_loss({"perceptual": {"weight": 1.0}}, context)[0]
 
-  assert abs(float(loss(image, image)[0])) < 1e-6
-  value, grad = loss(render.color, image)
+  valid = jnp.ones((B, H, W))
+  assert abs(float(loss(image, image, valid)[0])) < 1e-6
+  value, grad = loss(render.color, image, valid)
   assert float(value) > 1e-3
   assert np.all(np.isfinite(grad)) and float(jnp.abs(grad).max()) > 0
+  # Differences only where the target is invalid do not count.
+  valid = valid.at[:, :8].set(0.0)
+  changed = image.at[:, :8].set(render.color[:, :8])
+  assert abs(float(loss(changed, image, valid)[0])) < 1e-6
   # The last block's captured output, after the final LayerNorm, is the final patch tokens.
   images = jnp.asarray(rng.random((1, 28, 28, 3)), jnp.float32)
   last_block, final = jax.jit(lambda x: (
