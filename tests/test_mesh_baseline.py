@@ -84,9 +84,10 @@ def test_matches_the_z_buffer_renderer(scene):
                                       sh_coeffs=light, background=0.25)
   plain = _render_image(vertices, topology, camera, texture, light, 0.25, antialias=False)
   np.testing.assert_array_equal(plain.face_ids, reference.fragments.face_ids)
-  np.testing.assert_allclose(plain.color, reference.color, atol=2e-5)
-  np.testing.assert_allclose(plain.depth, reference.depth, atol=2e-6)
-  np.testing.assert_allclose(plain.normals, reference.normals, atol=2e-5)
+  # Equal up to float32 rounding (the barycentrics are recomputed by another formula).
+  np.testing.assert_allclose(plain.color, reference.color, atol=3e-6)
+  np.testing.assert_allclose(plain.depth, reference.depth, atol=1e-6)
+  np.testing.assert_allclose(plain.normals, reference.normals, atol=1e-6)
   np.testing.assert_array_equal(plain.alpha, reference.mask)
 
   smooth = _render_image(vertices, topology, camera, texture, light, 0.25)
@@ -98,7 +99,7 @@ def test_matches_the_z_buffer_renderer(scene):
   assert interior.sum() > 300 and exterior.sum() > 100
   keep = interior | exterior
   np.testing.assert_allclose(np.asarray(smooth.color)[keep], np.asarray(reference.color)[keep],
-                             atol=2e-5)
+                             atol=3e-6)
   np.testing.assert_array_equal(np.asarray(smooth.alpha)[keep], np.asarray(reference.mask)[keep])
   # Silhouette pixels are blended: some fractional alpha on both sides of the outline.
   boundary_alpha = np.asarray(smooth.alpha)[~keep]
