@@ -268,7 +268,8 @@ def render(vertices: jnp.ndarray, topology: MeshTopology, camera: camera_lib.Cam
            textures: jnp.ndarray, sh_coeffs: Optional[jnp.ndarray] = None, background=0.0,
            antialias: bool = True, walk_steps: int = DEFAULT_WALK_STEPS) -> RasterOutput:
   """A batch: vertices (B, V, 3), one camera or B cameras, textures (B, Ht, Wt, C), sh_coeffs
-  (B, 9, C) -> RasterOutput with the fields a Gaussian render has (see the module docstring).
+  (B, 9, C), one background for all frames -> RasterOutput with the fields a Gaussian render
+  has (see the module docstring).
 
   Visibility runs frame by frame (`lax.map`, cheaper than vmap for the z-buffer's loop); the
   differentiable part is vmapped.
