@@ -36,7 +36,7 @@ class Splats:
 class ProjectedSplats:
   """Per-splat, per-camera quantities the compositing stage reads (one image)."""
 
-  ray_transforms: jnp.ndarray  # (N, 3, 3) rows T_u, T_v, T_w: (u, v, 1) @ T = homogeneous pixel
+  ray_transforms: jnp.ndarray  # (N, 3, 3) M = W H, rows T_u, T_v, T_w: M @ (u, v, 1) = (xw, yw, w)
   means2d: jnp.ndarray  # (N, 2) projected centre in pixels
   depths: jnp.ndarray  # (N,) camera-space z of the centre (sort key)
   normals: jnp.ndarray  # (N, 3) camera-space unit normal, flipped to face the camera

@@ -1,0 +1,135 @@
+"""Rasterizer benchmark: forward and forward+backward time per implementation on head scenes.
+
+  python bench/rasterizer.py --impls reference,tiled,pallas --sizes 256,512 \
+      --splats 10000,20000,100000 --repeats 5 --out bench/results/rasterizer.json
+
+Times are medians over `--repeats` runs after compilation, binning included (the whole
+`rasterize` call). Ratios are to `reference` measured in the same run. Each implementation's
+failure is recorded in its JSON record instead of ending the run. Plain jax only.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import scenes  # noqa: E402
+import rasterizer  # noqa: E402
+
+
+def _median_ms(compiled, args, repeats):
+  """Median wall time of an ahead-of-time compiled function (no warm-up run is needed)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)
+
+
+def _loss(output: rasterizer.RasterOutput):
+  """Touches every differentiable output, as training losses do."""
+  return (jnp.sum(output.color) + jnp.sum(output.depth) + jnp.sum(output.normals)
+          + jnp.sum(output.distortion) + jnp.sum(output.alpha))
+
+
+def _peak_bytes(compiled):
+  """Device peak if the backend reports it, else XLA's static temp + output estimate."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"], "device_peak"
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return None, None
+  return analysis.temp_size_in_bytes + analysis.output_size_in_bytes, "xla_temp_plus_output"
+
+
+def measure(impl, size, n_splats, repeats, options):
+  splats = scenes.head_scene(n_splats)
+  viewmat, K = scenes.camera(size, size)
+  viewmats, Ks = viewmat[None], K[None]
+  background = jnp.ones((3,), jnp.float32)
+
+  def render(splats, viewmats):
+    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl,
+                                **options)
+
+  args = (splats, viewmats)
+  start = time.perf_counter()
+  forward = jax.jit(render).lower(*args).compile()
+  forward_backward = jax.jit(
+      jax.grad(lambda s, v: _loss(render(s, v)), argnums=(0, 1))).lower(*args).compile()
+  record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
+                device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+                jax_version=jax.__version__, repeats=repeats, options=options,
+                compile_s=time.perf_counter() - start)
+  record["pairs_dropped"] = int(forward(*args).pairs_dropped[0])
+  record["fwd_ms"] = _median_ms(forward, args, repeats)
+  record["fwd_bwd_ms"] = _median_ms(forward_backward, args, repeats)
+  record["fwd_bwd_peak_bytes"], record["peak_bytes_method"] = _peak_bytes(forward_backward)
+  return record
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--impls", default="reference,tiled,pallas")
+  parser.add_argument("--sizes", default="256,512")
+  parser.add_argument("--splats", default="10000,20000,50000,100000")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--reference-repeats", type=int, default=None,
+                      help="repeats for the (slow) reference; default --repeats")
+  parser.add_argument("--pallas-interpret", action="store_true",
+                      help="run the Pallas kernels in interpret mode (CPU)")
+  parser.add_argument("--out", default="bench/results/rasterizer.json")
+  args = parser.parse_args(argv)
+  impls = args.impls.split(",")
+  records = []
+  for size in [int(s) for s in args.sizes.split(",")]:
+    for n_splats in [int(n) for n in args.splats.split(",")]:
+      row = {}
+      for impl in impls:
+        options = {"interpret": True} if impl == "pallas" and args.pallas_interpret else {}
+        try:
+          repeats = args.reference_repeats if impl == "reference" else None
+          record = measure(impl, size, n_splats, repeats or args.repeats, options)
+        except Exception as error:  # one implementation failing must not end the run
+          record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
+                        device=str(jax.devices()[0].device_kind), fwd_ms=None, fwd_bwd_ms=None,
+                        error=f"{type(error).__name__}: {error}",
+                        traceback=traceback.format_exc(limit=3))
+        row[impl] = record
+        records.append(record)
+        print(json.dumps({k: v for k, v in record.items() if k != "traceback"}), flush=True)
+      base = row.get("reference")
+      for record in row.values():
+        for key in ("fwd_ms", "fwd_bwd_ms"):
+          if base and base.get(key) and record.get(key):
+            record[f"speedup_{key[:-3]}_vs_reference"] = base[key] / record[key]
+  _print_table(records)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(dict(host=platform.node(), cpu_count=os.cpu_count(), records=records), f, indent=1)
+  print(f"wrote {args.out}")
+
+
+def _print_table(records):
+  header = (f"{'impl':>10} {'size':>5} {'splats':>7} {'fwd ms':>10} {'fwd+bwd ms':>11} "
+            f"{'x ref fwd':>9} {'x ref f+b':>9}  note")
+  print(header)
+  print("-" * len(header))
+  fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+  for r in records:
+    print(f"{r['impl']:>10} {r['height']:>5} {r['n_splats']:>7} {fmt(r['fwd_ms'], '10.1f')} "
+          f"{fmt(r['fwd_bwd_ms'], '11.1f')} {fmt(r.get('speedup_fwd_vs_reference'), '9.1f')} "
+          f"{fmt(r.get('speedup_fwd_bwd_vs_reference'), '9.1f')}  {r.get('error', '')[:60]}")
+
+
+if __name__ == "__main__":
+  main()

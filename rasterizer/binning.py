@@ -1,0 +1,95 @@
+"""(splat, tile) pairs in a fixed-capacity buffer, sorted by tile and then front to back."""
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from rasterizer import types
+
+_INT32_LIMIT = 2**31 - 1
+
+
+def tile_grid(width: int, height: int):
+  """(tiles_x, tiles_y) of TILE_SIZE x TILE_SIZE tiles covering the image."""
+  return -(-width // types.TILE_SIZE), -(-height // types.TILE_SIZE)
+
+
+def default_capacity(num_splats: int, width: int, height: int) -> int:
+  """Pairs buffer size when none is given: 4 pairs per splat (at least 1024), never more than
+  every splat on every tile. Small splats on a head touch 1-4 tiles; scenes with large splats
+  should pass a capacity (dropped pairs are reported in `pairs_dropped`)."""
+  tiles_x, tiles_y = tile_grid(width, height)
+  return max(1, min(num_splats * tiles_x * tiles_y, max(1024, 4 * num_splats)))
+
+
+def depth_order(projected: types.ProjectedSplats) -> jnp.ndarray:
+  """Splat indices front to back, invisible splats last (a stable sort, so ties keep index
+  order in every path)."""
+  keys = jnp.where(projected.visible, projected.depths, jnp.inf)
+  return jnp.argsort(keys, stable=True).astype(jnp.int32)
+
+
+def bin_splats(
+    projected: types.ProjectedSplats,
+    width: int,
+    height: int,
+    capacity: Optional[int] = None,
+    two_key_sort: Optional[bool] = None,
+) -> types.TileBins:
+  """Lists, for every tile, the visible splats whose box overlaps it, front to back.
+
+  Pairs are enumerated front to back (splats in depth order, each over its tile rectangle), so
+  when the capacity cuts the list it drops the farthest splats' pairs, and counts them. The sort
+  key is tile * N + depth rank in int32 when that cannot overflow, else (or if `two_key_sort`)
+  a two-key sort on (tile, rank); both give the same bins.
+  """
+  num_splats = projected.depths.shape[0]
+  tiles_x, tiles_y = tile_grid(width, height)
+  num_tiles = tiles_x * tiles_y
+  if capacity is None:
+    capacity = default_capacity(num_splats, width, height)
+  if capacity < 1:
+    raise ValueError(f"rasterizer/binning.py: capacity must be >= 1, got {capacity}")
+
+  if num_splats == 0:
+    zero = jnp.int32(0)
+    return types.TileBins(
+        tile_ranges=jnp.zeros((num_tiles, 2), jnp.int32),
+        splat_ids=jnp.zeros((capacity,), jnp.int32), pairs_total=zero, pairs_dropped=zero)
+
+  order = depth_order(projected)
+  boxes = projected.boxes[order] // types.TILE_SIZE  # tile rectangles, front to back
+  rect_w = boxes[:, 2] - boxes[:, 0] + 1
+  rect_h = boxes[:, 3] - boxes[:, 1] + 1
+  counts = jnp.where(projected.visible[order], rect_w * rect_h, 0)
+  ends = jnp.cumsum(counts)
+  pairs_total = ends[-1]
+
+  slot = jnp.arange(capacity, dtype=jnp.int32)
+  rank = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), num_splats - 1).astype(jnp.int32)
+  used = slot < pairs_total
+  local = slot - (ends[rank] - counts[rank])
+  tile_x = boxes[rank, 0] + local % rect_w[rank]
+  tile_y = boxes[rank, 1] + local // rect_w[rank]
+  tile = jnp.where(used, tile_y * tiles_x + tile_x, num_tiles)  # sentinel tile sorts last
+  splat_ids = order[rank]
+
+  if two_key_sort is None:
+    two_key_sort = (num_tiles + 1) * num_splats > _INT32_LIMIT
+  if not two_key_sort:
+    keys = tile * num_splats + rank
+    keys, splat_ids = jax.lax.sort((keys, splat_ids), num_keys=1)
+    sorted_tiles = keys // num_splats
+  else:
+    sorted_tiles, _, splat_ids = jax.lax.sort((tile, rank, splat_ids), num_keys=2)
+
+  tile_ids = jnp.arange(num_tiles, dtype=jnp.int32)
+  starts = jnp.searchsorted(sorted_tiles, tile_ids, side="left")
+  stops = jnp.searchsorted(sorted_tiles, tile_ids, side="right")
+  return types.TileBins(
+      tile_ranges=jnp.stack([starts, stops], axis=-1).astype(jnp.int32),
+      splat_ids=jnp.where(jnp.arange(capacity) < jnp.minimum(pairs_total, capacity),
+                          splat_ids, 0).astype(jnp.int32),
+      pairs_total=pairs_total.astype(jnp.int32),
+      pairs_dropped=jnp.maximum(pairs_total - capacity, 0).astype(jnp.int32),
+  )

@@ -1,0 +1,63 @@
+"""The public entry point: batching conventions and input validation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rasterizer
+import test_rasterizer_oracle as oracle
+
+WIDTH, HEIGHT = 20, 16
+
+
+def _splats(rng, num_splats, batch=()):
+  scene = oracle.random_scene(rng, num_splats * int(np.prod(batch, dtype=int)))
+  return rasterizer.Splats(**{k: jnp.asarray(v.reshape(batch + (num_splats,) + v.shape[1:]))
+                              for k, v in scene.items()})
+
+
+def test_batched_rasterize_equals_one_image_at_a_time():
+  rng = np.random.default_rng()
+  shared = _splats(rng, 12)
+  per_image = _splats(rng, 12, batch=(2,))
+  viewmats = jnp.stack([jnp.eye(4), jnp.eye(4).at[0, 3].set(0.1)])
+  Ks = jnp.asarray(np.stack([oracle.pinhole(WIDTH, HEIGHT, 20.0)] * 2))
+  background = jnp.asarray(rng.uniform(0, 1, (2, 3)), jnp.float32)
+  render = jax.jit(rasterizer.rasterize, static_argnums=(3, 4), static_argnames="impl")
+  one = jax.jit(rasterizer.rasterize_image, static_argnums=(3, 4), static_argnames="impl")
+  for splats, pick in ((shared, lambda s, b: s), (per_image, lambda s, b: jax.tree.map(
+      lambda a: a[b], s))):
+    batched = render(splats, viewmats, Ks, WIDTH, HEIGHT, background, impl="reference")
+    for b in range(2):
+      single = one(pick(splats, b), viewmats[b], Ks[b], WIDTH, HEIGHT, background[b],
+                   impl="reference")
+      for name in ("color", "alpha", "depth", "median_depth", "normals", "distortion"):
+        np.testing.assert_allclose(getattr(batched, name)[b], getattr(single, name), atol=1e-6)
+  # A (C,) background is shared by every image.
+  shared_bg = render(shared, viewmats, Ks, WIDTH, HEIGHT, background[0], impl="reference")
+  same_bg = render(shared, viewmats, Ks, WIDTH, HEIGHT, jnp.stack([background[0]] * 2),
+                   impl="reference")
+  np.testing.assert_array_equal(shared_bg.color, same_bg.color)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(impl="cuda"), "impl must be one of"),
+    (dict(viewmats=jnp.eye(4)), "viewmats must be"),
+    (dict(Ks=jnp.eye(3)[None]), "Ks must be"),
+    (dict(background=jnp.zeros(4)), "background must be"),
+    (dict(splats="quats"), "splats.quats must be"),
+    (dict(splats="batch"), "3 splat sets for 2 cameras"),
+])
+def test_bad_input_is_named(change, message):
+  rng = np.random.default_rng(0)
+  args = dict(splats=_splats(rng, 4), viewmats=jnp.stack([jnp.eye(4)] * 2),
+              Ks=jnp.stack([jnp.eye(3)] * 2), background=jnp.zeros(3), impl="reference")
+  if change.get("splats") == "quats":
+    change = dict(splats=args["splats"].replace(quats=jnp.zeros((4, 3))))
+  elif change.get("splats") == "batch":
+    change = dict(splats=_splats(rng, 4, batch=(3,)))
+  args.update(change)
+  with pytest.raises(ValueError, match=message) as error:
+    rasterizer.rasterize(args["splats"], args["viewmats"], args["Ks"], WIDTH, HEIGHT,
+                         args["background"], impl=args["impl"])
+  assert "rasterizer.rasterize" in str(error.value)

@@ -1,0 +1,137 @@
+"""Projection and binning against NumPy: ray transforms, centres, normals, boxes, tile lists."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rasterizer
+from rasterizer import binning
+from rasterizer import types
+import test_rasterizer_oracle as oracle
+
+
+def _project(scene, viewmat, K, width, height):
+  splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
+  return jax.jit(rasterizer.project_splats, static_argnums=(3, 4))(
+      splats, jnp.asarray(viewmat, jnp.float32), jnp.asarray(K), width, height)
+
+
+def _random_camera(rng):
+  rotation = oracle.quat_to_rotmat(np.array([1.0, *rng.normal(0, 0.1, 3)]))
+  return np.block([[rotation, rng.normal(0, 0.1, (3, 1))], [np.zeros((1, 3)), 1]])
+
+
+def test_projection_matches_numpy():
+  rng = np.random.default_rng()
+  width, height = 40, 30
+  scene = oracle.random_scene(rng, 50, depth_range=(-0.5, 3.0))  # some behind the camera
+  viewmat = _random_camera(rng)
+  K = oracle.pinhole(width, height, 35.0)
+  got = _project(scene, viewmat, K, width, height)
+  transforms, means2d, depths, normals, in_front = oracle.project(
+      scene["means"], scene["quats"], scene["scales"], viewmat, K)
+  np.testing.assert_allclose(got.ray_transforms, transforms, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got.depths, depths, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got.normals, normals, atol=1e-5)
+  visible = np.asarray(got.visible)
+  assert not np.any(visible & ~in_front)
+  np.testing.assert_allclose(np.asarray(got.means2d)[visible], means2d[visible], atol=1e-3)
+  # The centre is where (u, v) = (0, 0) lands: M @ (0, 0, 1) / w.
+  np.testing.assert_allclose(np.asarray(got.means2d)[visible],
+                             (transforms[:, :2, 2] / transforms[:, 2:, 2])[visible], atol=1e-3)
+
+
+def test_boxes_hold_every_pixel_where_alpha_passes():
+  rng = np.random.default_rng()
+  width, height = 48, 40
+  scene = oracle.random_scene(rng, 40, opacity_range=(0.0, 1.0))
+  viewmat = _random_camera(rng)
+  K = oracle.pinhole(width, height, 40.0)
+  projected = _project(scene, viewmat, K, width, height)
+  boxes, visible = np.asarray(projected.boxes), np.asarray(projected.visible)
+  transforms, means2d, _, _, _ = oracle.project(scene["means"], scene["quats"], scene["scales"],
+                                                viewmat, K)
+  def passes(i, xs, ys):
+    tu, tv, tw = transforms[i]
+    p = np.cross(xs[..., None] * tw - tu, ys[..., None] * tw - tv)
+    s = p[..., :2] / p[..., 2:]
+    rho = np.minimum(np.sum(s * s, -1), 2 * ((xs - means2d[i, 0]) ** 2 + (ys - means2d[i, 1]) ** 2))
+    return scene["opacities"][i] * np.exp(-0.5 * rho) >= types.ALPHA_MIN
+
+  ys, xs = np.mgrid[:height, :width].astype(np.float64)
+  fine_ys, fine_xs = np.mgrid[-0.5:height - 0.5:0.25, -0.5:width - 0.5:0.25]
+  tightness_checked = 0
+  for i in np.nonzero(visible)[0]:
+    x0, y0, x1, y1 = boxes[i]
+    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    assert not np.any(passes(i, xs, ys) & ~inside), i
+    # Tight: the box is the pixel hull of the continuous region (sampled at 1/4 pixel).
+    # Checked where the box is not clipped by the image (a tilted ellipse's box clipped to the
+    # image may hold more than the clipped ellipse) and the cut-off disc lies wholly in front
+    # of the camera (otherwise its projection is unbounded and the box is the whole image).
+    tw = transforms[i, 2]
+    cutoff_sq = 2 * np.log(255 * scene["opacities"][i])
+    bounded = tw[2] ** 2 > cutoff_sq * (tw[0] ** 2 + tw[1] ** 2)
+    fine = passes(i, fine_xs, fine_ys)
+    clipped = x0 == 0 or y0 == 0 or x1 == width - 1 or y1 == height - 1
+    if bounded and not clipped and fine.any():
+      fx, fy = fine_xs[fine], fine_ys[fine]
+      assert x0 >= fx.min() - 1 and x1 <= fx.max() + 1, i
+      assert y0 >= fy.min() - 1 and y1 <= fy.max() + 1, i
+      tightness_checked += 1
+  assert tightness_checked >= 3
+
+
+def _numpy_tile_lists(projected, width, height):
+  """tile -> splat ids overlapping it, front to back (stable by index on equal depth)."""
+  tiles_x, tiles_y = binning.tile_grid(width, height)
+  visible = np.asarray(projected.visible)
+  order = np.argsort(np.where(visible, np.asarray(projected.depths), np.inf), kind="stable")
+  boxes = np.asarray(projected.boxes) // types.TILE_SIZE
+  lists = [[] for _ in range(tiles_x * tiles_y)]
+  for i in order[visible[order]]:
+    for ty in range(boxes[i, 1], boxes[i, 3] + 1):
+      for tx in range(boxes[i, 0], boxes[i, 2] + 1):
+        lists[ty * tiles_x + tx].append(int(i))
+  return lists
+
+
+def test_bins_list_each_tiles_splats_front_to_back_with_either_sort():
+  rng = np.random.default_rng()
+  width, height = 70, 50  # 5 x 4 tiles, partial tiles at the right and bottom
+  scene = oracle.random_scene(rng, 60)
+  scene["means"][:10, 2] = scene["means"][10:20, 2]  # equal depths: ties keep index order
+  projected = _project(scene, np.eye(4), oracle.pinhole(width, height, 45.0), width, height)
+  want = _numpy_tile_lists(projected, width, height)
+  total = sum(len(l) for l in want)
+  for two_key_sort in (False, True):
+    bins = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3, 4))(
+        projected, width, height, total + 7, two_key_sort)
+    ranges, ids = np.asarray(bins.tile_ranges), np.asarray(bins.splat_ids)
+    got = [list(ids[start:stop]) for start, stop in ranges]
+    assert got == want, two_key_sort
+    assert int(bins.pairs_total) == total and int(bins.pairs_dropped) == 0
+
+
+def test_capacity_cut_drops_the_farthest_pairs_and_counts_them():
+  rng = np.random.default_rng()
+  width, height = 64, 48
+  scene = oracle.random_scene(rng, 40, scale_range=(0.1, 0.4))
+  projected = _project(scene, np.eye(4), oracle.pinhole(width, height, 50.0), width, height)
+  want = _numpy_tile_lists(projected, width, height)
+  total = sum(len(l) for l in want)
+  capacity = total // 2
+  bins = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3))(projected, width, height, capacity)
+  assert int(bins.pairs_total) == total
+  assert int(bins.pairs_dropped) == total - capacity
+  # Kept: the pairs of the nearest splats, in depth order, as many as fit.
+  depths = np.asarray(projected.depths)
+  order = [int(i) for i in np.argsort(depths, kind="stable") if projected.visible[i]]
+  kept, budget = set(), capacity
+  for i in order:
+    tiles = sum(i in l for l in want)
+    take = min(tiles, budget)
+    budget -= take
+    kept |= {(i, t) for t in [t for t, l in enumerate(want) if i in l][:take]}
+  ranges, ids = np.asarray(bins.tile_ranges), np.asarray(bins.splat_ids)
+  got = {(int(i), t) for t, (start, stop) in enumerate(ranges) for i in ids[start:stop]}
+  assert got == kept

@@ -1,0 +1,206 @@
+"""Pallas compositing kernels (interpret mode on CPU) against the dense jnp reference.
+
+Scenes are tiny (48x40 px, so tiles are cut by the image border; tens of splats) because
+interpret mode is slow; they are dense enough that pixels stop early and cross the median.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rasterizer
+from rasterizer import binning
+from rasterizer import pallas_kernels
+from rasterizer import project
+from rasterizer import reference
+from rasterizer import splat_math
+from rasterizer import tiled
+from rasterizer import types
+
+WIDTH, HEIGHT = 48, 40
+NUM_SPLATS = 48  # one size for every test: each new shape costs an interpret-mode compile
+FLOAT_FIELDS = ("transmittance", "color", "depth_sum", "normal_sum", "median_depth", "m1", "m2",
+                "distortion")
+
+
+def random_splats(key, num_splats, num_channels=3):
+  """Splats 1-2 m in front of an identity camera; every other one opaque and the first six
+  large, so that pixels stop early."""
+  k = jax.random.split(key, 6)
+  depth = jax.random.uniform(k[0], (num_splats, 1), minval=1.0, maxval=2.0)
+  xy = jax.random.uniform(k[1], (num_splats, 2), minval=-0.45, maxval=0.45) * depth
+  opacities = jax.random.uniform(k[4], (num_splats,), minval=0.3, maxval=1.0)
+  return types.Splats(
+      means=jnp.concatenate([xy, depth], axis=1),
+      quats=jax.random.normal(k[2], (num_splats, 4)) + jnp.array([2.0, 0.0, 0.0, 0.0]),
+      scales=jax.random.uniform(k[3], (num_splats, 2), minval=0.005, maxval=0.3)
+      * jnp.where(jnp.arange(num_splats) < 6, 3.0, 1.0)[:, None],
+      opacities=jnp.where(jnp.arange(num_splats) % 2 == 0, 1.0, opacities),
+      features=jax.random.uniform(k[5], (num_splats, num_channels)))
+
+
+def camera(width=WIDTH, height=HEIGHT, focal=45.0):
+  K = jnp.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+  return jnp.eye(4), K
+
+
+@jax.jit
+def composite_both(splats):
+  viewmat, K = camera()
+  projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+  pallas = [pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True,
+                                           exit_check_every=every) for every in (1, 16)]
+  ref = reference.composite_reference(projected, WIDTH, HEIGHT)
+  return projected, bins, pallas, ref
+
+
+@pytest.mark.parametrize("exit_check", [0, 1], ids=["exit_check_every_1", "exit_check_every_16"])
+def test_forward_matches_reference_except_at_discontinuities(exit_check):
+  splats = random_splats(jax.random.PRNGKey(4), NUM_SPLATS)
+  projected, bins, pallas, ref = composite_both(splats)
+  pallas = pallas[exit_check]
+  assert int(bins.pairs_dropped) == 0
+  # The scene exercises early stops and median crossings.
+  assert np.any(np.asarray(ref.stop_pos) != splat_math.NO_STOP)
+  assert np.any(np.asarray(ref.median_pos) >= 0)
+
+  mismatch = np.zeros((HEIGHT, WIDTH), bool)
+  for name in FLOAT_FIELDS:
+    diff = np.abs(np.asarray(getattr(pallas, name)) - np.asarray(getattr(ref, name)))
+    mismatch |= diff.reshape(HEIGHT, WIDTH, -1).max(axis=-1) > 1e-5
+  assert mismatch.mean() <= 1e-3
+
+  # Positions index different lists (pairs vs depth-sorted splats): compare the splats.
+  order = np.asarray(binning.depth_order(projected))
+  pair_ids = np.asarray(bins.splat_ids)
+
+  def splat_at(positions, ids):
+    positions = np.asarray(positions)
+    valid = (positions >= 0) & (positions != splat_math.NO_STOP)
+    return np.where(valid, ids[np.where(valid, positions, 0)], -1)
+
+  for field in ("stop_pos", "median_pos", "last_pos"):
+    same = splat_at(getattr(pallas, field), pair_ids) == splat_at(getattr(ref, field), order)
+    # Any disagreement in a float output comes from a flipped discrete decision.
+    assert np.all(same | mismatch), field
+
+
+def _random_cotangents(key, outputs):
+  leaves, tree = jax.tree.flatten(outputs)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+def _assert_grads_close(got, want, names):
+  for name, g, w in zip(names, jax.tree.leaves(got), jax.tree.leaves(want)):
+    scale = float(jnp.max(jnp.abs(w)))
+    assert scale > 0, name
+    np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * scale, err_msg=name)
+
+
+def test_running_sum_gradients_match_reference():
+  """Every running sum the kernels return (m1 and m2 too) back-propagates like the reference."""
+  splats = random_splats(jax.random.PRNGKey(0), NUM_SPLATS)
+  viewmat, K = camera()
+  projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+  shapes = jax.eval_shape(lambda: reference.composite_reference(projected, WIDTH, HEIGHT))
+  weights = _random_cotangents(jax.random.PRNGKey(1), {f: getattr(shapes, f) for f in FLOAT_FIELDS})
+
+  @jax.jit
+  def grads(inputs):
+    def loss(composite, inputs):
+      transforms, means2d, opacities, normals, features = inputs
+      state = composite(projected.replace(ray_transforms=transforms, means2d=means2d,
+                                          opacities=opacities, normals=normals,
+                                          features=features))
+      return sum(jnp.sum(getattr(state, f) * w) for f, w in weights.items())
+
+    pallas = lambda p: pallas_kernels.composite_tiles(p, bins, WIDTH, HEIGHT, interpret=True)
+    ref = lambda p: reference.composite_reference(p, WIDTH, HEIGHT)
+    return jax.grad(loss, 1)(pallas, inputs), jax.grad(loss, 1)(ref, inputs)
+
+  got, want = grads((projected.ray_transforms, projected.means2d, projected.opacities,
+                     projected.normals, projected.features))
+  _assert_grads_close(got, want, ("ray_transforms", "means2d", "opacities", "normals",
+                                  "features"))
+
+
+def test_gradients_reach_splats_and_viewmat_through_rasterize():
+  splats = random_splats(jax.random.PRNGKey(5), NUM_SPLATS)
+  viewmat, K = camera()
+  background = jnp.array([0.2, 0.5, 0.7])
+  render = lambda impl, s, v: rasterizer.rasterize(s, v[None], K[None], WIDTH, HEIGHT,
+                                                   background, impl=impl)
+  shapes = jax.eval_shape(lambda: render("reference", splats, viewmat))
+  fields = ("color", "alpha", "depth", "median_depth", "normals", "distortion")
+  weights = _random_cotangents(jax.random.PRNGKey(6), {f: getattr(shapes, f) for f in fields})
+
+  @jax.jit
+  def grads(splats, viewmat):
+    def loss(impl, splats, viewmat):
+      out = render(impl, splats, viewmat)
+      return sum(jnp.sum(getattr(out, f) * w) for f, w in weights.items())
+    return [jax.grad(loss, (1, 2))(impl, splats, viewmat) for impl in ("pallas", "reference")]
+
+  got, want = grads(splats, viewmat)
+  _assert_grads_close(got, want, ("means", "quats", "scales", "opacities", "features",
+                                  "viewmat"))
+
+
+def test_over_capacity_matches_tiled_and_reports_drops():
+  splats = random_splats(jax.random.PRNGKey(1), NUM_SPLATS)
+  viewmat, K = camera()
+
+  @jax.jit
+  def both(splats):
+    projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
+    bins = binning.bin_splats(projected, WIDTH, HEIGHT, capacity=100)
+    return (bins, pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True),
+            tiled.composite_tiles(projected, bins, WIDTH, HEIGHT))
+
+  bins, pallas, tiled_state = both(splats)
+  assert int(bins.pairs_dropped) > 0
+  for name in FLOAT_FIELDS:
+    np.testing.assert_allclose(getattr(pallas, name), getattr(tiled_state, name), rtol=0,
+                               atol=1e-5, err_msg=name)
+
+
+def test_empty_scene_composites_nothing():
+  splats = random_splats(jax.random.PRNGKey(6), NUM_SPLATS)
+  _, bins, (pallas, _), _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)))
+  assert int(bins.pairs_total) == 0
+  np.testing.assert_array_equal(pallas.transmittance, 1.0)
+  for name in FLOAT_FIELDS[1:]:
+    np.testing.assert_array_equal(getattr(pallas, name), 0.0)
+  np.testing.assert_array_equal(pallas.last_pos, splat_math.NO_POSITION)
+
+
+@pytest.mark.parametrize("backend,platform,kernel_call", [
+    ("triton", "cuda", "__gpu$xla.gpu.triton"), ("mosaic_tpu", "tpu", "tpu_custom_call")])
+def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_call):
+  """Both kernels lower to Triton (CUDA) and Mosaic TPU IR here, without the accelerator;
+  compiling them needs one (bench/pallas_smoke.py compiles and runs them on a GPU)."""
+  splats = random_splats(jax.random.PRNGKey(7), NUM_SPLATS)
+  viewmat, K = camera()
+  projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+
+  def loss(transforms):
+    state = pallas_kernels.composite_tiles(projected.replace(ray_transforms=transforms), bins,
+                                           WIDTH, HEIGHT, interpret=False, backend=backend)
+    return jnp.sum(state.color) + jnp.sum(state.distortion)
+
+  lowered = jax.jit(jax.grad(loss)).trace(projected.ray_transforms).lower(
+      lowering_platforms=(platform,))
+  assert lowered.as_text().count(kernel_call) == 2  # forward and backward kernels
+
+
+def test_rejects_unknown_backend():
+  splats = random_splats(jax.random.PRNGKey(8), NUM_SPLATS)
+  viewmat, K = camera()
+  projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+  with pytest.raises(ValueError, match="pallas_kernels.py: backend 'cuda'"):
+    pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, backend="cuda")

@@ -1,0 +1,80 @@
+"""The tiled path against the dense reference: every output, every gradient, capacity."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rasterizer
+from rasterizer import binning
+import test_rasterizer_oracle as oracle
+
+OUTPUTS = ("color", "alpha", "depth", "median_depth", "normals", "distortion")
+
+
+def _outputs_and_gradients(impl, scene, viewmats, Ks, width, height, background, weights,
+                           **options):
+  """All buffers, and gradients of a weighted sum of them w.r.t. every input, in one jit."""
+
+  @jax.jit
+  def run(params):
+    def loss(params):
+      splats = rasterizer.Splats(**{k: params[k] for k in scene})
+      out = rasterizer.rasterize(splats, params["viewmats"], Ks, width, height,
+                                 params["background"], impl=impl, **options)
+      return sum(jnp.sum(getattr(out, n) * weights[n]) for n in OUTPUTS), out
+    return jax.grad(loss, has_aux=True)(params)
+
+  params = {**scene, "viewmats": viewmats, "background": background}
+  grads, out = run({k: jnp.asarray(v) for k, v in params.items()})
+  return jax.tree.map(np.asarray, out), jax.tree.map(np.asarray, grads)
+
+
+def test_tiled_equals_reference_in_every_output_and_gradient():
+  rng = np.random.default_rng()
+  width, height, num_splats = 48, 37, 150  # the last tile row is partly outside the image
+  scene = oracle.random_scene(rng, num_splats, extent=0.3, scale_range=(0.05, 0.3),
+                              opacity_range=(0.3, 1.0))
+  rotation = oracle.quat_to_rotmat(np.array([1.0, *rng.normal(0, 0.05, 3)]))
+  viewmats = np.stack([np.eye(4), np.block([[rotation, rng.normal(0, 0.05, (3, 1))],
+                                            [np.zeros((1, 3)), 1]])]).astype(np.float32)
+  Ks = np.stack([oracle.pinhole(width, height, 50.0)] * 2)
+  background = rng.uniform(0, 1, (2, 3)).astype(np.float32)
+  weights = {n: rng.normal(size=(2, height, width) + {"normals": (3,), "color": (3,)}.get(n, ()))
+             for n in OUTPUTS}
+  args = (scene, viewmats, Ks, width, height, background, weights)
+  tiles_x, tiles_y = binning.tile_grid(width, height)
+  ref_out, ref_grads = _outputs_and_gradients("reference", *args)
+  tiled_out, tiled_grads = _outputs_and_gradients(
+      "tiled", *args, capacity=num_splats * tiles_x * tiles_y, chunk_size=8)
+
+  assert np.all(tiled_out.pairs_dropped == 0)
+  for image in range(2):
+    want, margin = oracle.render(**scene, viewmat=viewmats[image], K=Ks[image], width=width,
+                                 height=height, background=background[image])
+    assert want["stopped"].mean() > 0.01  # the early stop is exercised
+    bad = np.zeros((height, width), bool)
+    for name in OUTPUTS:
+      err = np.abs(getattr(tiled_out, name)[image] - getattr(ref_out, name)[image])
+      bad |= (err > 1e-5).reshape(height, width, -1).any(-1)
+    assert bad.mean() <= 1e-3, bad.mean()
+    assert np.all(margin[bad] < 1e-4), margin[bad]  # differences only on a threshold
+  for name, ref in ref_grads.items():
+    scale = np.abs(ref).max()
+    assert scale > 0, name
+    np.testing.assert_allclose(tiled_grads[name], ref, atol=1e-4 * scale, rtol=0, err_msg=name)
+
+
+def test_over_capacity_scene_reports_its_dropped_pairs():
+  rng = np.random.default_rng()
+  width, height, num_splats, capacity = 64, 48, 60, 50
+  scene = oracle.random_scene(rng, num_splats, scale_range=(0.1, 0.4))
+  K = oracle.pinhole(width, height, 50.0)
+  splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
+  out = jax.jit(lambda s: rasterizer.rasterize(
+      s, jnp.eye(4)[None], jnp.asarray(K)[None], width, height, jnp.zeros(3), impl="tiled",
+      capacity=capacity))(splats)
+  projected = rasterizer.project_splats(splats, jnp.eye(4), jnp.asarray(K), width, height)
+  boxes = np.asarray(projected.boxes) // 16
+  tiles = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+  pairs = int(np.sum(np.where(np.asarray(projected.visible), tiles, 0)))
+  assert pairs > capacity
+  assert int(out.pairs_dropped[0]) == pairs - capacity
