@@ -142,7 +142,8 @@ def _dinov2_num_patches(config) -> int:
   return (size // patch) ** 2
 
 
-def _resize(images: jnp.ndarray, size: int) -> jnp.ndarray:
+def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
+  """(B, H, W, C) -> (B, size, size, C), antialiased (a no-op at that size already)."""
   if images.shape[1:3] == (size, size):
     return images
   return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "linear",
@@ -196,7 +197,7 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   target = jax.tree.map(lambda x: x[batch:], both)
 
   tokens = dinov2.frozen_features(networks.dinov2, frozen.dinov2,
-                                  _resize(source_image, config.dinov2.image_size)).patch_tokens
+                                  resize_images(source_image, config.dinov2.image_size)).patch_tokens
   local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
                                    frozen.layout)
 
@@ -217,7 +218,7 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.flame.faces, Ks,
                                               viewmats, size)
   return Reanimation(
-      render=render, image=_resize(target_image, size), vertices=flame_out.vertices,
+      render=render, image=resize_images(target_image, size), vertices=flame_out.vertices,
       landmarks=landmarks, Ks=Ks, viewmats=viewmats, mesh_depth=depth, mesh_normals=normals,
       mesh_mask=mask, source=source, target=target, local_gaussians=local)
 
