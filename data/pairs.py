@@ -1,0 +1,219 @@
+"""The training input pipeline: (source, target) frame pairs of one video, batched per device.
+
+Reads any dataset with the per-frame record layout of `data/synthetic_heads/features.py`
+(`synthetic_heads`, `video_folder`): records of a video are consecutive, and each record holds
+its `frame_index` and `video_num_frames`. Grain drives it:
+
+  IndexSampler (shuffled record ids, sharded by JAX process; seeded)
+    -> SamplePair: the record is the source frame; the target is a frame of the same video at
+       a random gap 1..max_gap (either direction); ground-truth fields never leave this step
+    -> AugmentPair: optional flip (both frames), colour jitter (both frames), zoom and shift
+       (each frame), applied to image and landmarks alike; resize to image_size
+    -> Batch, then split into (local devices, per-device batch, ...)
+
+Every random choice comes from Grain's per-record generator, so a seed fixes the stream and the
+iterator's `get_state()` / `set_state()` resume it exactly.
+"""
+import dataclasses
+import os
+from typing import Optional, Tuple, Union
+
+from absl import flags
+import grain.python as grain
+import jax
+import numpy as np
+
+from data.synthetic_heads import features as frame_features
+from sheap_jax import crop
+
+NUM_LANDMARKS = frame_features.NUM_LANDMARKS
+# iBUG 68 landmark i of a mirrored face is landmark FLIP_PERMUTATION[i] of the original.
+FLIP_PERMUTATION = np.array(
+    list(range(16, -1, -1))  # jaw
+    + list(range(26, 16, -1))  # brows
+    + [27, 28, 29, 30]  # nose bridge
+    + [35, 34, 33, 32, 31]  # nose base
+    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65])  # inner lips
+BATCH_KEYS = ("source_image", "target_image", "source_landmarks", "target_landmarks",
+              "source_landmarks_valid", "target_landmarks_valid", "video_id", "source_frame",
+              "target_frame")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Random changes that keep image and landmarks consistent. Flip and colour act on both
+  frames of a pair alike (the target is rendered with the source's identity and lighting);
+  zoom and shift act on each frame (each has its own camera)."""
+  flip_probability: float = 0.5
+  zoom: Tuple[float, float] = (0.9, 1.1)  # crop side relative to the stored frame
+  shift: float = 0.05  # crop centre moves up to this fraction of the frame, each axis
+  brightness: float = 0.15  # multiply by 1 +- this
+  contrast: float = 0.15  # scale about mid-grey by 1 +- this
+
+
+NO_AUGMENTATION = Augmentation(flip_probability=0.0, zoom=(1.0, 1.0), shift=0.0,
+                               brightness=0.0, contrast=0.0)
+
+
+class SamplePair(grain.RandomMapTransform):
+  """Record id -> a training pair: the record as source, a frame of its video at a random gap
+  in [1, max_gap] as target. Only training fields are kept."""
+
+  def __init__(self, source, max_gap: int):
+    if max_gap < 1:
+      raise ValueError(f"data/pairs.py: max_gap must be >= 1, got {max_gap}")
+    self._source = source
+    self._max_gap = max_gap
+
+  def random_map(self, element, rng: np.random.Generator):
+    record = self._source[int(element)]
+    frame = int(record[frame_features.FRAME_INDEX])
+    count = int(record[frame_features.VIDEO_NUM_FRAMES])
+    if count < 2:
+      raise ValueError(f"data/pairs.py: record {element} is in a video of {count} frame(s); "
+                       "pairs need videos of at least 2 frames")
+    gaps = np.arange(-self._max_gap, self._max_gap + 1)
+    targets = frame + gaps[(gaps != 0) & (frame + gaps >= 0) & (frame + gaps < count)]
+    target_frame = int(rng.choice(targets))
+    partner = self._source[int(element) - frame + target_frame]
+    if (partner[frame_features.VIDEO_ID] != record[frame_features.VIDEO_ID]
+        or int(partner[frame_features.FRAME_INDEX]) != target_frame):
+      raise ValueError(
+          f"data/pairs.py: record {element} (video {record[frame_features.VIDEO_ID]}, frame "
+          f"{frame}) is not laid out as data/synthetic_heads/features.py requires: record "
+          f"{int(element) - frame + target_frame} should be frame {target_frame} of that video")
+    pair = {"video_id": np.int64(record[frame_features.VIDEO_ID]),
+            "source_frame": np.int64(frame), "target_frame": np.int64(target_frame)}
+    for prefix, example in (("source", record), ("target", partner)):
+      pair[f"{prefix}_image"] = frame_features.decode_image(example[frame_features.IMAGE])
+      pair[f"{prefix}_landmarks"] = np.asarray(example[frame_features.LANDMARKS], np.float32)
+      pair[f"{prefix}_landmarks_valid"] = np.asarray(example[frame_features.LANDMARKS_VALID],
+                                                     bool)
+    return pair
+
+
+class AugmentPair(grain.RandomMapTransform):
+  """Augments and resizes both frames of a pair (uint8 in); images become float32 in [0, 1]."""
+
+  def __init__(self, augmentation: Augmentation, image_size: int):
+    self._aug = augmentation
+    self._size = image_size
+
+  def random_map(self, element, rng: np.random.Generator):
+    aug = self._aug
+    flip = rng.random() < aug.flip_probability
+    gain = 1.0 + rng.uniform(-aug.brightness, aug.brightness)
+    contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+    # One colour change for both frames (a gain, then contrast about mid-grey), applied to
+    # uint8 pixels as a 256-entry table: cheaper than float arithmetic on every pixel.
+    levels = (np.arange(256, dtype=np.float32) * (gain / 255.0) - 0.5) * contrast + 0.5
+    levels = np.clip(levels, 0.0, 1.0).astype(np.float32)
+    for prefix in ("source", "target"):
+      image = element[f"{prefix}_image"]
+      points = element[f"{prefix}_landmarks"]
+      valid = element[f"{prefix}_landmarks_valid"]
+      height, width = image.shape[:2]
+      if flip:
+        image = image[:, ::-1]
+        points = np.stack([width - 1 - points[:, 0], points[:, 1]], axis=-1)[FLIP_PERMUTATION]
+        valid = valid[FLIP_PERMUTATION]
+      side = rng.uniform(*aug.zoom) * np.array([width, height])
+      centre = (np.array([width, height]) - 1) / 2 + rng.uniform(-aug.shift, aug.shift, 2) * (
+          np.array([width, height]))
+      box = np.concatenate([centre - side / 2, centre + side / 2])
+      full_frame = np.allclose(box, [-0.5, -0.5, width - 0.5, height - 0.5])
+      if not (full_frame and width == height == self._size):
+        image = crop.crop_image(np.ascontiguousarray(image), box, self._size)
+        points = crop.points_to_crop(points, box, self._size)
+      inside = np.all((points >= -0.5) & (points <= self._size - 0.5), axis=1)
+      valid = valid & inside
+      element[f"{prefix}_image"] = levels[image]
+      element[f"{prefix}_landmarks"] = np.where(valid[:, None], points, 0.0).astype(np.float32)
+      element[f"{prefix}_landmarks_valid"] = valid
+    return element
+
+
+class SplitDevices(grain.MapTransform):
+  """(process batch, ...) -> (local devices, per-device batch, ...) for every array."""
+
+  def __init__(self, num_devices: int):
+    self._num_devices = num_devices
+
+  def map(self, element):
+    return {k: v.reshape((self._num_devices, -1) + v.shape[1:]) for k, v in element.items()}
+
+
+def open_split(data, split: str):
+  """A random-access source of frame records: `data` is a built TFDS dataset directory
+  (e.g. .../synthetic_heads/tiny/1.0.0), a TFDS builder, or already a source (len + getitem)."""
+  if isinstance(data, (str, os.PathLike)):
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    path = os.fspath(data)
+    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+      raise FileNotFoundError(f"data/pairs.py: {path} is not a built TFDS dataset directory "
+                              "(no dataset_info.json); pass .../<name>/<config>/<version>")
+    data = tfds.builder_from_directory(path)
+  if hasattr(data, "as_data_source"):
+    if split not in data.info.splits:
+      raise ValueError(f"data/pairs.py: no split {split!r} in {data.info.full_name}; it has "
+                       f"{sorted(data.info.splits)}")
+    return data.as_data_source(split=split)
+  if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+    raise TypeError("data/pairs.py: expected a dataset directory, a TFDS builder or a "
+                    f"random-access source, got {type(data).__name__}")
+  return data
+
+
+def make_pair_loader(data, *, split: str = "train", global_batch_size: int, seed: int,
+                     max_gap: int = 8,
+                     augment: Union[bool, Augmentation] = True,
+                     image_size: int = crop.CROP_SIZE,
+                     num_epochs: Optional[int] = None,
+                     shuffle: bool = True,
+                     worker_count: int = 0,
+                     shard_index: Optional[int] = None,
+                     shard_count: Optional[int] = None,
+                     num_local_devices: Optional[int] = None) -> grain.DataLoader:
+  """The Grain DataLoader of pair batches (see `make_pair_iterator`)."""
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  num_local_devices = num_local_devices or jax.local_device_count()
+  if global_batch_size % (shard_count * num_local_devices):
+    raise ValueError(f"data/pairs.py: global_batch_size {global_batch_size} does not split "
+                     f"over {shard_count} process(es) x {num_local_devices} local device(s)")
+  source = open_split(data, split)
+  augmentation = (Augmentation() if augment is True else NO_AUGMENTATION if augment is False
+                  else augment)
+  sampler = grain.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
+      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  operations = [SamplePair(source, max_gap), AugmentPair(augmentation, image_size),
+                grain.Batch(global_batch_size // shard_count, drop_remainder=True),
+                SplitDevices(num_local_devices)]
+  if worker_count and not flags.FLAGS.is_parsed():
+    # Grain's worker processes read absl flags, which nothing parses outside absl.app (plain
+    # scripts, notebooks): take their defaults.
+    flags.FLAGS.mark_as_parsed()
+  return grain.DataLoader(data_source=grain.RangeDataSource(0, len(source), 1), sampler=sampler,
+                          operations=operations, worker_count=worker_count)
+
+
+def make_pair_iterator(data, **kwargs) -> grain.PyGrainDatasetIterator:
+  """An iterator of pair batches for training, this process's share of the global batch.
+
+  Each batch is a dict of numpy arrays with leading axes (local devices, per-device batch):
+  `source_image`, `target_image` (..., H, W, 3) float32 in [0, 1]; `source_landmarks`,
+  `target_landmarks` (..., 68, 2) float32 pixels of the output image (0 where invalid);
+  `source_landmarks_valid`, `target_landmarks_valid` (..., 68) bool; `video_id`,
+  `source_frame`, `target_frame` int64. No ground-truth field ever appears.
+
+  Keyword arguments (see `make_pair_loader`): split, global_batch_size, seed, max_gap,
+  augment (bool or an `Augmentation`), image_size, num_epochs (None: forever), shuffle,
+  worker_count (Grain worker processes), shard_index / shard_count (default: this JAX
+  process among all), num_local_devices (default: jax.local_device_count()).
+  The iterator's get_state() / set_state() checkpoint and restore its position.
+  """
+  return iter(make_pair_loader(data, **kwargs))

@@ -1,0 +1,58 @@
+"""Builder configs of `synthetic_heads`: sizes, rendering quality, behaviour probabilities."""
+import dataclasses
+
+import tensorflow_datasets as tfds
+
+from data.synthetic_heads import detector as detector_lib
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticHeadsConfig(tfds.core.BuilderConfig):
+  """One video per identity; identities [0, train), [train, train + validation), rest test."""
+
+  num_train: int = 8
+  num_validation: int = 2
+  num_test: int = 2
+  frames_per_video: int = 8
+  image_size: int = 224
+  texture_size: int = 512
+  supersample: int = 2  # rendered at supersample x image_size, then box-filtered (anti-aliasing)
+  frame_interval: float = 0.2  # seconds between stored frames
+  emotion_probability: float = 0.6  # of an expression segment holding a named prototype
+  occluder_probability: float = 0.25  # of a video having an occluder pass by
+  detector: detector_lib.DetectorConfig = detector_lib.DetectorConfig()
+  store_vertices: bool = True  # posed and neutral meshes per frame (136 KB each)
+  seed: int = 2025
+
+  def __post_init__(self):
+    counts = (self.num_train, self.num_validation, self.num_test, self.frames_per_video)
+    if min(counts) < 0 or self.frames_per_video < 1 or self.image_size < 8:
+      raise ValueError(f"data/synthetic_heads/configs.py: config {self.name!r} needs >= 0 "
+                       f"identities, >= 1 frame and image_size >= 8, got counts {counts}, "
+                       f"image_size {self.image_size}")
+    if self.supersample < 1 or self.texture_size < 16:
+      raise ValueError(f"data/synthetic_heads/configs.py: config {self.name!r}: supersample "
+                       f"must be >= 1 and texture_size >= 16")
+
+  @property
+  def splits(self) -> dict:
+    """split name -> range of identity indices (= video ids)."""
+    a, b = self.num_train, self.num_train + self.num_validation
+    return {"train": range(0, a), "validation": range(a, b),
+            "test": range(b, b + self.num_test)}
+
+
+BUILDER_CONFIGS = (
+    SyntheticHeadsConfig(
+        name="tiny", description="12 identities x 8 frames at 224^2, no supersampling, 256^2 "
+                                 "textures: quick to build on a CPU (tests, the CPU demo).",
+        supersample=1, texture_size=256),
+    SyntheticHeadsConfig(
+        name="small", description="500 identities x 24 frames at 224^2.",
+        num_train=400, num_validation=50, num_test=50, frames_per_video=24),
+    SyntheticHeadsConfig(
+        name="full", description="5,000 identities x 32 frames at 224^2 (meshes not stored: "
+                                 "recompute them from the gt_ parameters).",
+        num_train=4500, num_validation=250, num_test=250, frames_per_video=32,
+        store_vertices=False),
+)

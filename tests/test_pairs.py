@@ -1,0 +1,188 @@
+"""Pair pipeline: pairs of one video, determinism, exact resume, sharding, consistent
+augmentation, no ground truth; over in-memory records and a built video_folder dataset."""
+import numpy as np
+import pytest
+from PIL import Image
+import tensorflow_datasets as tfds
+
+from data import pairs
+from data.synthetic_heads import features as frame_features
+from data.video_folder import VideoFolder, VideoFolderConfig
+
+SIZE = 32
+FRAMES = (5, 3, 6, 2)  # frames per video
+
+
+def _colour(video, frame):
+  return np.array([40 + 50 * video, 30 + 40 * frame, 128], np.uint8)
+
+
+def _records(with_blobs=False):
+  """Frame records in the synthetic_heads layout. Each frame is one flat colour that encodes
+  (video, frame), or (with_blobs) dark with a red blob on landmark 36 and a green one on 30."""
+  rng = np.random.default_rng(0)
+  records = []
+  for video, count in enumerate(FRAMES):
+    for frame in range(count):
+      landmarks = rng.uniform(6, SIZE - 7, (68, 2)).astype(np.float32)
+      image = np.empty((SIZE, SIZE, 3), np.uint8)
+      image[...] = _colour(video, frame)
+      if with_blobs:
+        yy, xx = np.mgrid[:SIZE, :SIZE]
+        image[...] = 0
+        for index, channel in ((36, 0), (30, 1)):
+          x, y = landmarks[index]
+          image[..., channel] = np.maximum(
+              image[..., channel], 255 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.0))
+      records.append({
+          frame_features.IMAGE: frame_features.encode_image(image),
+          frame_features.LANDMARKS: landmarks,
+          frame_features.LANDMARKS_VALID: rng.random(68) > 0.1,
+          frame_features.VIDEO_ID: np.int64(100 + video),
+          frame_features.FRAME_INDEX: np.int64(frame),
+          frame_features.VIDEO_NUM_FRAMES: np.int64(count),
+          frame_features.GT_SHAPE: rng.normal(size=300).astype(np.float32),
+          frame_features.GT_LANDMARKS: landmarks,
+      })
+  return records
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def _loader_kwargs(**overrides):
+  kwargs = dict(split="train", global_batch_size=8, seed=3, max_gap=2, augment=False,
+                image_size=SIZE)
+  kwargs.update(overrides)
+  return kwargs
+
+
+def test_batches_hold_pairs_of_one_video():
+  records = _records()
+  batch = next(pairs.make_pair_iterator(records, **_loader_kwargs()))
+  assert set(batch) == set(pairs.BATCH_KEYS)
+  assert not any(k.startswith("gt_") or "gt_" in k for k in batch)
+  devices = 4  # tests/conftest.py simulates 4 CPU devices
+  assert batch["source_image"].shape == (devices, 2, SIZE, SIZE, 3)
+  assert batch["source_image"].dtype == np.float32
+  assert batch["target_landmarks"].shape == (devices, 2, 68, 2)
+  assert batch["target_landmarks_valid"].dtype == bool
+  flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+  for i in range(8):
+    video = int(flat["video_id"][i]) - 100
+    for prefix in ("source", "target"):
+      frame = int(flat[f"{prefix}_frame"][i])
+      # The decoded colour, not the metadata, says which frame this is.
+      np.testing.assert_allclose(flat[f"{prefix}_image"][i, SIZE // 2, SIZE // 2],
+                                 _colour(video, frame) / 255.0, atol=1e-6)
+      record = records[sum(FRAMES[:video]) + frame]
+      valid = record[frame_features.LANDMARKS_VALID]
+      np.testing.assert_array_equal(flat[f"{prefix}_landmarks_valid"][i], valid)
+      np.testing.assert_allclose(flat[f"{prefix}_landmarks"][i][valid],
+                                 record[frame_features.LANDMARKS][valid])
+    gap = abs(int(flat["target_frame"][i]) - int(flat["source_frame"][i]))
+    assert 1 <= gap <= 2
+    assert not np.array_equal(flat["source_image"][i], flat["target_image"][i])
+
+
+def test_gaps_cover_both_directions_up_to_max_gap():
+  iterator = pairs.make_pair_iterator(_records(), **_loader_kwargs(max_gap=3))
+  gaps = np.concatenate([(b["target_frame"] - b["source_frame"]).ravel()
+                         for b in _take(iterator, 12)])
+  assert set(gaps.tolist()) == {-3, -2, -1, 1, 2, 3}
+
+
+def test_same_seed_same_stream_and_exact_resume():
+  records = _records()
+  first = _take(pairs.make_pair_iterator(records, **_loader_kwargs(augment=True)), 4)
+  again = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True))
+  for a, b in zip(first, _take(again, 4)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  other = next(pairs.make_pair_iterator(records, **_loader_kwargs(augment=True, seed=4)))
+  assert not np.array_equal(other["source_image"], first[0]["source_image"])
+
+  iterator = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True))
+  _take(iterator, 2)
+  state = iterator.get_state()
+  expected = _take(iterator, 2)
+  resumed = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True))
+  resumed.set_state(state)
+  for a, b in zip(expected, _take(resumed, 2)):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  np.testing.assert_array_equal(expected[0]["source_image"], first[2]["source_image"])
+
+
+def test_shards_split_the_records():
+  records = _records()
+  seen = []
+  for shard in range(2):
+    iterator = pairs.make_pair_iterator(
+        records, **_loader_kwargs(global_batch_size=2, num_epochs=1, shard_index=shard,
+                                  shard_count=2, num_local_devices=1))
+    seen.append({(int(b["video_id"][0, 0]), int(b["source_frame"][0, 0])) for b in iterator})
+  assert not seen[0] & seen[1]
+  assert len(seen[0]) == len(seen[1]) == len(records) // 2
+
+
+def test_augmentation_moves_landmarks_with_the_image():
+  """Blobs drawn on landmarks 36 (red) and 30 (green) stay under them through flips (36 then
+  becomes 45), zoom, shift and resizing to 48 px."""
+  records = _records(with_blobs=True)
+  for record in records:
+    record[frame_features.LANDMARKS_VALID] = np.ones(68, bool)
+  aug = pairs.Augmentation(flip_probability=0.5, zoom=(0.8, 1.0), shift=0.05, brightness=0.0,
+                           contrast=0.0)
+  iterator = pairs.make_pair_iterator(records, **_loader_kwargs(augment=aug, image_size=48))
+  flips = 0
+  for batch in _take(iterator, 3):
+    images = batch["source_image"].reshape(-1, 48, 48, 3)
+    points = batch["source_landmarks"].reshape(-1, 68, 2)
+    valid = batch["source_landmarks_valid"].reshape(-1, 68)
+    for image, lmk, ok in zip(images, points, valid):
+      for channel, candidates in ((1, (30,)), (0, (36, 45))):
+        peak = np.unravel_index(np.argmax(image[..., channel]), image.shape[:2])[::-1]
+        distances = {i: np.linalg.norm(lmk[i] - peak) for i in candidates if ok[i]}
+        if not distances or image[..., channel].max() < 0.5:
+          continue  # the blob left the frame with its landmark
+        closest = min(distances, key=distances.get)
+        assert distances[closest] < 1.5
+        flips += channel == 0 and closest == 45
+  assert flips > 0  # some pairs were mirrored
+
+
+def test_bad_inputs_are_reported(tmp_path):
+  with pytest.raises(ValueError, match="does not split over 1 process"):
+    pairs.make_pair_iterator(_records(), **_loader_kwargs(global_batch_size=6))
+  with pytest.raises(FileNotFoundError, match="not a built TFDS dataset directory"):
+    pairs.make_pair_iterator(str(tmp_path), **_loader_kwargs())
+  shuffled = _records()[::-1]
+  with pytest.raises(ValueError, match="not laid out"):
+    next(pairs.make_pair_iterator(shuffled, **_loader_kwargs()))
+
+
+def test_reads_a_built_video_folder_dataset(tmp_path):
+  rng = np.random.default_rng(5)
+  for video, count in enumerate((4, 3)):
+    folder = tmp_path / "videos" / f"clip{video}"
+    folder.mkdir(parents=True)
+    for frame in range(count):
+      Image.fromarray(rng.integers(0, 255, (48, 40, 3), np.uint8)).save(
+          folder / f"{frame:02d}.png")
+    np.save(tmp_path / "videos" / f"clip{video}.npy",
+            rng.uniform(12, 30, (count, 68, 2)).astype(np.float32))
+  builder = VideoFolder(config=VideoFolderConfig(name="pairs_test", image_size=SIZE),
+                        data_dir=str(tmp_path / "tfds"))
+  builder.download_and_prepare(
+      file_format="array_record",
+      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "videos")))
+  iterator = pairs.make_pair_iterator(str(builder.data_path), **_loader_kwargs(
+      global_batch_size=4, augment=True))
+  batch = next(iterator)
+  assert set(batch) == set(pairs.BATCH_KEYS)
+  assert batch["source_image"].shape == (4, 1, SIZE, SIZE, 3)
+  assert np.all((batch["source_image"] >= 0) & (batch["source_image"] <= 1))
+  assert np.all(batch["source_frame"] != batch["target_frame"])
+  assert set(np.unique(batch["video_id"]).tolist()) <= {0, 1}
