@@ -34,8 +34,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0))
   c.losses = losses.default_losses_config()
 
-  c.data = dict(name="synthetic_heads", data_dir="", split="train", eval_split="validation",
-                build_if_missing=False, num_workers=4)
+  # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets.
+  c.data = dict(name="synthetic_heads", variant="small", data_dir="", split="train",
+                eval_split="validation", build_if_missing=False, max_gap=8, augment=True,
+                num_workers=4)
   c.batch_size = 64  # global, over all devices of all hosts
   c.total_steps = 200_000
   c.optimizer = dict(name="adamw", learning_rate=1e-4, warmup_steps=2_000, end_factor=0.01,
@@ -56,6 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.dinov2 = dict(variant="vits14", path="", image_size=56, feature_blocks=(1,),
                     arch=dict(width=32, depth=2, num_heads=2, mlp_dim=64, pos_embed_grid=(4, 4)))
     c.render = dict(size=64, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0))
+    c.data.variant = "tiny"
     c.data.build_if_missing = True
     c.data.num_workers = 0
     c.batch_size = 4

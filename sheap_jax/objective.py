@@ -124,14 +124,19 @@ def build_frozen(config, flame_model: flame_lib.FlameModel) -> Frozen:
 def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, Any]:
   """Trainable parameters {"predictor", "regressor"} (DINOv2 is not among them)."""
   size = config.model.image_size
-  predictor_rng, regressor_rng = jax.random.split(rng)
-  images = jnp.zeros((1, size, size, 3), jnp.float32)
-  predictor_params = networks.predictor.init(predictor_rng, images)["params"]
-  tokens = jnp.zeros((1, _dinov2_num_patches(config), networks.dinov2.width), jnp.float32)
-  identity = jnp.zeros((1, config.model.identity_dim), jnp.float32)
-  regressor_params = networks.regressor.init(regressor_rng, identity, tokens,
-                                             frozen.layout)["params"]
-  return {"predictor": predictor_params, "regressor": regressor_params}
+  num_patches = _dinov2_num_patches(config)
+
+  @jax.jit
+  def init(rng, layout):
+    predictor_rng, regressor_rng = jax.random.split(rng)
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    tokens = jnp.zeros((1, num_patches, networks.dinov2.width), jnp.float32)
+    identity = jnp.zeros((1, config.model.identity_dim), jnp.float32)
+    return {"predictor": networks.predictor.init(predictor_rng, images)["params"],
+            "regressor": networks.regressor.init(regressor_rng, identity, tokens,
+                                                 layout)["params"]}
+
+  return init(rng, frozen.layout)
 
 
 def _dinov2_num_patches(config) -> int:

@@ -18,7 +18,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from absl import app
 from absl import flags
@@ -36,8 +36,10 @@ from PIL import Image
 import tqdm
 
 from sheap_jax import camera as camera_lib
+from sheap_jax import flame as flame_lib
 from sheap_jax import mesh_render
 from sheap_jax import objective
+from sheap_jax.metrics import now
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
@@ -216,35 +218,113 @@ def preview_image(out: objective.Reanimation, source_image, faces) -> np.ndarray
 # The loop.
 
 
-def make_data_iterator(config, mesh: Mesh):
+def open_dataset(config):
+  """The TFDS builder of `config.data` (synthetic_heads/<variant> under `data_dir`), built first
+  when absent and `config.data.build_if_missing` is set."""
+  if config.data.name != "synthetic_heads":
+    raise ValueError(f"{_FILE}: config.data.name={config.data.name!r}; this loop reads "
+                     "'synthetic_heads' (other datasets with its record layout: add them here)")
+  from data.synthetic_heads import builder as synthetic_builder  # pylint: disable=import-outside-toplevel
+  data_dir = os.path.expanduser(config.data.data_dir or "~/tensorflow_datasets")
+  dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
+                                             file_format="array_record")
+  if not dataset.is_prepared():
+    if not config.data.build_if_missing:
+      raise FileNotFoundError(f"{_FILE}: synthetic_heads/{config.data.variant} is not built under "
+                              f"{data_dir} (set --config.data.build_if_missing=True)")
+    if jax.process_index() == 0:
+      logging.info("building synthetic_heads/%s under %s", config.data.variant, data_dir)
+      dataset.download_and_prepare()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("synthetic_heads built")
+    dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
+                                               file_format="array_record")
+  return dataset
+
+
+def make_data_iterator(config, mesh: Mesh, dataset):
   """The pair iterator of `data/pairs.py` for this process's devices (with get_state/set_state)."""
   from data import pairs  # pylint: disable=import-outside-toplevel
   local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
   if config.batch_size % mesh.devices.size:
     raise ValueError(f"{_FILE}: config.batch_size={config.batch_size} is not divisible by the "
                      f"{mesh.devices.size} devices")
-  return pairs.make_pair_iterator(config, local_devices=local_devices,
-                                  per_device_batch=config.batch_size // mesh.devices.size,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+  return pairs.make_pair_iterator(
+      dataset, split=config.data.split, global_batch_size=config.batch_size, seed=config.seed,
+      max_gap=config.data.max_gap, augment=config.data.augment,
+      image_size=config.model.image_size, worker_count=config.data.num_workers,
+      num_local_devices=local_devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the NoW protocol on held-out synthetic identities (neutral meshes).
+
+
+def landmarks_now(flame_model, vertices: np.ndarray) -> np.ndarray:
+  """(7, 3) NoW landmarks of a mesh in the model's topology (its full 68-point embedding)."""
+  index = np.asarray(flame_lib.NOW_LANDMARKS)
+  faces = np.asarray(flame_model.faces)[np.asarray(flame_model.full_lmk_faces)[index]]
+  bary = np.asarray(flame_model.full_lmk_bary)[index]
+  return np.einsum("lkc,lk->lc", np.asarray(vertices, np.float64)[faces], bary)
+
+
+def predict_neutral(networks, params, flame_model, images) -> jnp.ndarray:
+  """(B, V, 3) neutral meshes (zero pose, expression, eyelids) of the predicted shapes."""
+  out = networks.predictor.apply({"params": params["predictor"]}, images)
+  return flame_lib.neutral_vertices(flame_model, out.shape)
+
+
+def synthetic_neutral(neutral_meshes, gt_neutral_meshes, flame_model) -> Dict[str, float]:
+  """NoW errors (median / mean / std mm) of predicted neutral meshes against ground truth, both
+  in `flame_model`'s topology."""
+  faces = np.asarray(flame_model.faces)
+  errors = [now.now_errors(pred, faces, landmarks_now(flame_model, pred), gt, faces,
+                           landmarks_now(flame_model, gt))
+            for pred, gt in zip(neutral_meshes, gt_neutral_meshes)]
+  return now.summarize(errors)
+
+
+def validation_set(config, dataset) -> Tuple[np.ndarray, np.ndarray]:
+  """(images (N, S, S, 3) at the predictor's size, gt neutral meshes (N, V, 3)): the first frame
+  of each held-out video, at most `config.eval_images`."""
+  from data import pairs  # pylint: disable=import-outside-toplevel
+  from data.synthetic_heads import features  # pylint: disable=import-outside-toplevel
+  source = pairs.open_split(dataset, config.data.eval_split)
+  size = config.model.image_size
+  images, meshes = [], []
+  index = 0
+  while index < len(source) and len(images) < config.eval_images:
+    record = source[index]
+    image = features.decode_image(record[features.IMAGE]).astype(np.float32) / 255.0
+    images.append(np.asarray(jax.image.resize(image, (size, size, 3), "linear", antialias=True)))
+    meshes.append(np.asarray(record[features.GT_NEUTRAL_VERTICES], np.float64))
+    index += int(record[features.VIDEO_NUM_FRAMES])
+  return np.stack(images), np.stack(meshes)
 
 
 def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
+          validation: Optional[Tuple[np.ndarray, np.ndarray]] = None,
           mesh: Optional[Mesh] = None, flame_model=None, stop_after: Optional[int] = None
           ) -> TrainState:
   """Trains (or resumes) to `config.total_steps`; returns the final state.
 
-  `data_iterator` yields process-local batches (local_devices, per_device_batch, ...) and has
-  get_state()/set_state(); default: `make_data_iterator`. `flame_model` overrides the model
-  `config` names (tests pass a small one). `stop_after` ends the run after that many steps of
-  this call (tests simulate a killed run with it); a checkpoint is not forced then.
+  By default the data come from `config.data` (pairs for training, held-out identities for
+  validation). Callers may pass `data_iterator` (process-local batches (local_devices,
+  per_device_batch, ...) with get_state()/set_state()) and `validation` ((images, gt neutral
+  meshes), or None to skip validation) instead. `flame_model` overrides the model `config`
+  names (tests pass a small one). `stop_after` ends this call after that many steps without a
+  final checkpoint, as a killed run would (tests use it).
   """
   mesh = mesh or make_mesh()
   networks = objective.build_networks(config)
   flame_model = flame_model or objective.load_flame_model(config)
   frozen = replicate(objective.build_frozen(config, flame_model), mesh)
   optimizer = make_optimizer(config)
-  data_iterator = data_iterator or make_data_iterator(config, mesh)
+  if data_iterator is None:
+    dataset = open_dataset(config)
+    data_iterator = make_data_iterator(config, mesh, dataset)
+    validation = validation_set(config, dataset) if config.eval_every else None
 
   manager = checkpoint_manager(workdir, config)
   abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
@@ -259,7 +339,16 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   train_step = make_train_step(networks, config, optimizer, mesh)
   reanimate = jax.jit(lambda params, frozen, s, t: objective.reanimate(
       networks, params, frozen, config, s, t))
+  neutral = jax.jit(functools.partial(predict_neutral, networks))
   writer = MetricWriter(workdir)
+  results = {}
+  if validation is not None:
+    results["mean_head"] = synthetic_neutral(
+        np.broadcast_to(np.asarray(flame_model.v_template), validation[1].shape), validation[1],
+        flame_model)
+    if int(state.step) == 0:
+      writer.write(0, {f"synthetic_neutral/mean_head/{k}": v
+                       for k, v in results["mean_head"].items()})
   stop_requested = []
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
   first_step = int(state.step)
@@ -273,13 +362,19 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
       progress.update(1)
       if step % config.log_every == 0 or step == config.total_steps:
         metrics = jax.device_get(metrics)
-        now = time.time()
-        metrics["steps_per_s"] = config.log_every / max(now - last_log, 1e-9)
-        last_log = now
+        now_time = time.time()
+        metrics["steps_per_s"] = config.log_every / max(now_time - last_log, 1e-9)
+        last_log = now_time
         writer.write(step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped_steps"]))
       if config.preview_every and step % config.preview_every == 0 and jax.process_index() == 0:
         write_preview(workdir, step, reanimate, state, frozen, batch, flame_model)
+      if validation is not None and (step % config.eval_every == 0
+                                     or step == config.total_steps):
+        meshes = np.asarray(neutral(state.params, flame_model, jnp.asarray(validation[0])))
+        results["model"] = dict(synthetic_neutral(meshes, validation[1], flame_model), step=step)
+        writer.write(step, {f"synthetic_neutral/{k}": v for k, v in results["model"].items()
+                            if k != "step"})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop_requested:
         save_checkpoint(manager, state, data_iterator.get_state(), config)
       if stop_requested:
@@ -287,6 +382,11 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         break
       if stop_after is not None and step - first_step >= stop_after:
         break
+    if "model" in results and jax.process_index() == 0:
+      with open(os.path.join(workdir, "synthetic_neutral.json"), "w") as f:
+        json.dump(results, f, indent=2)
+      logging.info("synthetic_neutral median %.3f mm (mean head %.3f mm)",
+                   results["model"]["median_mm"], results["mean_head"]["median_mm"])
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     progress.close()

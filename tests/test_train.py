@@ -4,8 +4,12 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
+
+from sheap_jax import flame
 
 from sheap_jax import objective
 from sheap_jax import train
@@ -120,6 +124,30 @@ def test_non_finite_batch_is_skipped_and_counted(setup):
   assert all(moved)  # every parameter trains (DINOv2 is not among them)
 
 
+def _validation(model, count=2):
+  """Random images with ground-truth neutral meshes of random shapes."""
+  rng = np.random.default_rng(11)
+  shapes = rng.standard_normal((count, model.shapedirs.shape[-1])).astype(np.float32)
+  meshes = np.asarray(flame.neutral_vertices(model, shapes), np.float64)
+  images = rng.random((count, 32, 32, 3)).astype(np.float32)
+  return images, meshes
+
+
+def test_synthetic_neutral_scores_meshes_with_the_now_protocol(setup):
+  model = setup[1]
+  _, meshes = _validation(model)
+  zero = flame.FlameParams.zeros(2, model.shapedirs.shape[-1], model.exprdirs.shape[-1])
+  shaped = flame.flame_forward(model, zero.replace(shape=jnp.asarray(
+      np.random.default_rng(11).standard_normal((2, model.shapedirs.shape[-1])), jnp.float32)))
+  np.testing.assert_allclose(train.landmarks_now(model, meshes[0]), shaped.landmarks_now[0],
+                             atol=1e-6)
+  same = train.synthetic_neutral(meshes, meshes, model)
+  assert same["median_mm"] < 1e-3
+  mean_head = np.broadcast_to(np.asarray(model.v_template), meshes.shape)
+  differ = train.synthetic_neutral(mean_head, meshes, model)
+  assert differ["median_mm"] > 0.1 and differ["num_points"] > 0
+
+
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -131,10 +159,17 @@ def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
   config_full = sgd_config()
   config_full.preview_every = 6
-  train.train(config_full, full, PairBatches(4, PER_DEVICE), flame_model=model)
+  config_full.eval_every = 6
+  train.train(config_full, full, PairBatches(4, PER_DEVICE), validation=_validation(model),
+              flame_model=model)
   reference = _losses(full)
   assert [s for s, _ in reference] == list(range(1, 7))
-  assert os.path.exists(os.path.join(full, "previews", "00000006.png"))
+  preview = np.asarray(Image.open(os.path.join(full, "previews", "00000006.png")))
+  assert preview.shape == (32, 6 * 32, 3) and preview.std() > 0
+  with open(os.path.join(full, "synthetic_neutral.json")) as f:
+    results = json.load(f)
+  assert results["model"]["step"] == 6
+  assert results["mean_head"]["median_mm"] > 0.1 and results["model"]["num_points"] > 0
   assert train.load_config(full).to_dict() == json.loads(json.dumps(config_full.to_dict()))
 
   # Killed after step 3: the last checkpoint is step 2; step 3 is lost and redone.
