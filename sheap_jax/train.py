@@ -13,6 +13,7 @@ The workdir holds Orbax checkpoints (`checkpoints/<step>`: train state, data-ite
 config), `metrics.jsonl`, TensorBoard events and preview PNGs. Rerunning the same command
 resumes from the newest checkpoint; SIGTERM saves one before exiting.
 """
+import base64
 import functools
 import json
 import os
@@ -139,12 +140,23 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
                                options=options)
 
 
+def _data_state_to_json(data_state):
+  """Iterator states as JSON: Grain's are bytes (kept base64-encoded), others plain JSON."""
+  if isinstance(data_state, bytes):
+    return {"base64": base64.b64encode(data_state).decode("ascii")}
+  return {"json": data_state}
+
+
+def _data_state_from_json(stored):
+  return base64.b64decode(stored["base64"]) if "base64" in stored else stored["json"]
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, data_state, config):
   step = int(state.step)
   if step in manager.all_steps():
     return
   manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(_data_state_to_json(data_state)),
       config=ocp.args.JsonSave(config.to_dict())))
   manager.wait_until_finished()
 
@@ -154,7 +166,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainStat
   step = manager.latest_step() if step is None else step
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return restored["state"], restored["data"]
+  return restored["state"], _data_state_from_json(restored["data"])
 
 
 def load_config(workdir_or_checkpoint: str, step=None) -> ml_collections.ConfigDict:

@@ -16,10 +16,22 @@ SIZE = 32  # predictor input and render size
 
 
 def small_flame_model(n_shape: int = 8, n_expression: int = 6) -> flame.FlameModel:
-  """The synthetic FLAME-format fixture with its random faces replaced by the convex hull of
-  its vertices (a valid closed surface of ~220 triangles); landmark faces remapped into it."""
+  """The synthetic FLAME-format fixture cut down to the convex hull of its vertices: every
+  vertex on a closed surface of ~220 triangles (so a mesh scored against itself has zero
+  NoW error), per-vertex arrays restricted to the hull, landmark faces remapped into it."""
   assets = synthetic_flame_assets()
-  faces = spatial.ConvexHull(assets["v_template"]).simplices
+  hull = spatial.ConvexHull(assets["v_template"])
+  keep = np.sort(hull.vertices)
+  new_index = np.full(len(assets["v_template"]), -1)
+  new_index[keep] = np.arange(len(keep))
+  for key in ("v_template", "shapedirs", "posedirs", "weights"):
+    assets[key] = np.asarray(assets[key])[keep]
+  assets["eyelids"] = np.asarray(assets["eyelids"])[:, keep]
+  regressor = np.asarray(assets["J_regressor"].toarray())[:, keep]
+  empty = regressor.sum(1) == 0  # joints regressed from interior vertices only: use them all
+  regressor[empty] = 1.0
+  assets["J_regressor"] = regressor / regressor.sum(1, keepdims=True)
+  faces = new_index[hull.simplices]
   assets["f"] = faces.astype(np.uint32)
   embedding = dict(assets["landmark_embedding"])
   for key in ("static_lmk_faces_idx", "dynamic_lmk_faces_idx", "full_lmk_faces_idx"):

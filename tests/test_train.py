@@ -18,6 +18,17 @@ from tests.test_objective import random_batch, small_config, small_flame_model
 PER_DEVICE = 1
 
 
+def adamw_config():
+  """The production optimiser (AdamW, warm-up + cosine, clipping) at a stable rate."""
+  c = sgd_config()
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 2
+  c.optimizer.end_factor = 0.1
+  c.optimizer.clip_norm = 1.0
+  return c
+
+
 def sgd_config():
   """Plain SGD at a constant learning rate 1 and no clipping: an update is minus the gradient."""
   c = small_config()
@@ -46,7 +57,7 @@ class PairBatches:
   def __next__(self):
     flat = random_batch(np.random.default_rng(1000 + self.index), int(np.prod(self.shape)))
     self.index += 1
-    return {k: np.asarray(v).reshape(self.shape + v.shape[1:]) for k, v in flat.items()}
+    return {k: np.array(v).reshape(self.shape + v.shape[1:]) for k, v in flat.items()}
 
   def get_state(self):
     return {"index": self.index}
@@ -97,7 +108,8 @@ def test_one_and_four_devices_take_the_same_sgd_step(setup):
   assert diff / norm < 1e-5
   np.testing.assert_allclose(metrics1["grad_norm"], norm, rtol=1e-4)
   np.testing.assert_allclose(metrics4["loss"], metrics1["loss"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after1, after4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * norm),
+               after1, after4)
 
 
 def test_non_finite_batch_is_skipped_and_counted(setup):
@@ -151,13 +163,14 @@ def test_synthetic_neutral_scores_meshes_with_the_now_protocol(setup):
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  return [(r["step"], r["loss"]) for r in records]
+  return [(r["step"], r["loss"]) for r in records if "loss" in r]
 
 
 def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
-  config, model, _, _, _ = setup
+  model = setup[1]
+  config = adamw_config()
   full, interrupted = str(tmp_path / "full"), str(tmp_path / "interrupted")
-  config_full = sgd_config()
+  config_full = adamw_config()
   config_full.preview_every = 6
   config_full.eval_every = 6
   train.train(config_full, full, PairBatches(4, PER_DEVICE), validation=_validation(model),
@@ -180,6 +193,7 @@ def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
   assert [s for s, _ in resumed] == [3, 4, 5, 6]
   np.testing.assert_array_equal([l for _, l in resumed], [l for _, l in reference[2:]])
   assert int(state.step) == 6 and int(state.skipped_steps) == 0
+  assert np.all(np.isfinite([l for _, l in reference]))
   steps = sorted(int(d) for d in os.listdir(os.path.join(interrupted, "checkpoints"))
                  if d.isdigit())
   assert steps == [4, 6]  # keep_checkpoints = 2
