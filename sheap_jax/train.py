@@ -44,6 +44,8 @@ from sheap_jax.metrics import now
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
+# Batch keys the objective reads: the two frames, then the target's landmarks if present.
+MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_landmarks_valid")
 
 
 @struct.dataclass
@@ -87,7 +89,7 @@ def make_train_step(networks: objective.Networks, config, optimizer, mesh: Mesh)
     (loss, terms), grads = jax.value_and_grad(
         lambda params: loss_fn(params=params), has_aux=True)(state.params)
     grads, loss, terms = jax.lax.pmean((grads, loss, terms), DATA_AXIS)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -96,7 +98,8 @@ def make_train_step(networks: objective.Networks, config, optimizer, mesh: Mesh)
                            opt_state=keep(opt_state, state.opt_state),
                            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
-                   skipped_steps=new_state.skipped_steps, **{f"loss/{k}": v for k, v in terms.items()})
+                   skipped_steps=new_state.skipped_steps,
+                   **{f"loss/{k}": v for k, v in terms.items()})
     return new_state, metrics
 
   step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
@@ -106,7 +109,8 @@ def make_train_step(networks: objective.Networks, config, optimizer, mesh: Mesh)
 
 def shard_batch(batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
   """Process-local batches (local_devices, per_device_batch, ...) -> global arrays sharded
-  along `data` (each device gets its own per-device slice)."""
+  along `data` (each device gets its own per-device slice), for the keys the objective reads
+  (`MODEL_INPUTS`; bookkeeping such as video ids stays on the host)."""
   sharding = NamedSharding(mesh, P(DATA_AXIS))
   local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
 
@@ -117,7 +121,10 @@ def shard_batch(batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array
                        f"this process's {local_devices} devices")
     return jax.make_array_from_process_local_data(sharding, x.reshape((-1,) + x.shape[2:]))
 
-  return {name: put(name, x) for name, x in batch.items()}
+  missing = [name for name in MODEL_INPUTS[:2] if name not in batch]
+  if missing:
+    raise ValueError(f"{_FILE}: the batch lacks {missing} (has {sorted(batch)})")
+  return {name: put(name, batch[name]) for name in MODEL_INPUTS if name in batch}
 
 
 def replicate(tree, mesh: Mesh):
