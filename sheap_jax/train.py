@@ -338,7 +338,8 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   mesh = mesh or make_mesh()
   networks = objective.build_networks(config)
   flame_model = flame_model or objective.load_flame_model(config)
-  frozen = replicate(objective.build_frozen(config, flame_model), mesh)
+  frozen_host = objective.build_frozen(config, flame_model)
+  frozen = replicate(frozen_host, mesh)
   optimizer = make_optimizer(config)
   if data_iterator is None:
     dataset = open_dataset(config)
@@ -387,7 +388,7 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         writer.write(step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped_steps"]))
       if config.preview_every and step % config.preview_every == 0 and jax.process_index() == 0:
-        write_preview(workdir, step, reanimate, state, frozen, batch, flame_model)
+        write_preview(workdir, step, reanimate, state, frozen_host, batch, flame_model)
       if validation is not None and (step % config.eval_every == 0
                                      or step == config.total_steps):
         meshes = np.asarray(neutral(state.params, flame_model, jnp.asarray(validation[0])))
@@ -415,10 +416,11 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
 
 
 def write_preview(workdir, step, reanimate, state, frozen, batch, flame_model):
-  """Renders the first pair of the (local) batch and writes `previews/<step>.png`."""
+  """Renders the first device's pairs of the (local) batch on one device and writes the first
+  as `previews/<step>.png`."""
   source = jnp.asarray(np.asarray(batch["source_image"])[0])
   target = jnp.asarray(np.asarray(batch["target_image"])[0])
-  out = reanimate(state.params, frozen, source, target)
+  out = reanimate(jax.device_get(state.params), frozen, source, target)
   strip = preview_image(out, source, flame_model.faces)
   os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
   Image.fromarray(strip).save(os.path.join(workdir, "previews", f"{step:08d}.png"))

@@ -1,4 +1,4 @@
-"""Two CPU processes joined by `jax.distributed.initialize` (2 devices each) train two AdamW steps
+"""Two CPU processes joined by `jax.distributed.initialize` (2 devices each) train two SGD steps
 and agree with one process on 4 devices.
 
 Each run is a subprocess (device counts are fixed when JAX starts) executing this file's
@@ -27,10 +27,10 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
   import warnings  # pylint: disable=import-outside-toplevel
   from sheap_jax import objective, train  # pylint: disable=import-outside-toplevel
   from tests.test_objective import random_batch, small_flame_model  # pylint: disable=import-outside-toplevel
-  from tests.test_train import adamw_config  # pylint: disable=import-outside-toplevel
+  from tests.test_train import sgd_config  # pylint: disable=import-outside-toplevel
 
   assert jax.device_count() == 4, jax.devices()
-  config = adamw_config()
+  config = sgd_config()
   networks = objective.build_networks(config)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")

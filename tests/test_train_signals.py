@@ -22,7 +22,7 @@ def worker(workdir: str, signal_name: str, at_batch: int) -> None:
   import warnings  # pylint: disable=import-outside-toplevel
   from sheap_jax import train  # pylint: disable=import-outside-toplevel
   from tests.test_objective import small_flame_model  # pylint: disable=import-outside-toplevel
-  from tests.test_train import PairBatches, adamw_config  # pylint: disable=import-outside-toplevel
+  from tests.test_train import PairBatches, sgd_config  # pylint: disable=import-outside-toplevel
 
   class SignallingBatches(PairBatches):
     def __next__(self):
@@ -31,7 +31,7 @@ def worker(workdir: str, signal_name: str, at_batch: int) -> None:
       return super().__next__()
 
   warnings.simplefilter("ignore")
-  train.train(adamw_config(), workdir, SignallingBatches(4, 1), flame_model=small_flame_model())
+  train.train(sgd_config(), workdir, SignallingBatches(4, 1), flame_model=small_flame_model())
 
 
 def _run(workdir: str, signal_name: str = "none", at_batch: int = -1):
