@@ -9,6 +9,7 @@ the step time. Prints a table and writes JSON: config, pairs_per_s, step_ms, ras
 raster_share, device.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -20,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 import rasterizer  # noqa: E402
 from sheap_jax import objective  # noqa: E402
@@ -29,9 +29,12 @@ from sheap_jax import train  # noqa: E402
 
 
 def load_config(spec: str):
+  """`path[:arg]` -> the config file's get_config(arg), as --config of the train CLI."""
   path, _, arg = spec.partition(":")
-  module = config_flags.config_flags._LoadConfigModule("bench_config", path)  # pylint: disable=protected-access
-  return module.get_config(arg) if arg else module.get_config()
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def timed(fn, repeats):

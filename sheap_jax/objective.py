@@ -201,8 +201,8 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   source = jax.tree.map(lambda x: x[:batch], both)
   target = jax.tree.map(lambda x: x[batch:], both)
 
-  tokens = dinov2.frozen_features(networks.dinov2, frozen.dinov2,
-                                  resize_images(source_image, config.dinov2.image_size)).patch_tokens
+  dinov2_input = resize_images(source_image, config.dinov2.image_size)
+  tokens = dinov2.frozen_features(networks.dinov2, frozen.dinov2, dinov2_input).patch_tokens
   local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
                                    frozen.layout)
 

@@ -219,7 +219,8 @@ class MetricWriter:
 
 
 def preview_image(out: objective.Reanimation, source_image, faces) -> np.ndarray:
-  """(H, 6 W, 3) uint8 strip of pair 0: source | target | render | mesh overlay | depth | normals."""
+  """(H, 6 W, 3) uint8 strip of pair 0: source | target | render | mesh overlay | depth |
+  normals."""
   size = out.image.shape[1]
   camera = camera_lib.Camera(K=out.Ks[0], viewmat=out.viewmats[0], width=size, height=size)
   overlay = mesh_render.overlay_mesh(out.image[0], out.vertices[0], faces, camera)
@@ -243,7 +244,8 @@ def open_dataset(config):
   if config.data.name != "synthetic_heads":
     raise ValueError(f"{_FILE}: config.data.name={config.data.name!r}; this loop reads "
                      "'synthetic_heads' (other datasets with its record layout: add them here)")
-  from data.synthetic_heads import builder as synthetic_builder  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from data.synthetic_heads import builder as synthetic_builder
   data_dir = os.path.expanduser(config.data.data_dir or "~/tensorflow_datasets")
   dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
                                              file_format="array_record")

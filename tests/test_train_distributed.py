@@ -26,7 +26,8 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
                                num_processes=num_processes, process_id=process_id)
   import warnings  # pylint: disable=import-outside-toplevel
   from sheap_jax import objective, train  # pylint: disable=import-outside-toplevel
-  from tests.test_objective import random_batch, small_flame_model  # pylint: disable=import-outside-toplevel
+  from tests.test_objective import random_batch  # pylint: disable=import-outside-toplevel
+  from tests.test_objective import small_flame_model  # pylint: disable=import-outside-toplevel
   from tests.test_train import sgd_config  # pylint: disable=import-outside-toplevel
 
   assert jax.device_count() == 4, jax.devices()
@@ -42,11 +43,20 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
   step = train.make_train_step(networks, config, optimizer, mesh)
   local = jax.local_device_count()
   rows = slice(process_id * local, (process_id + 1) * local)
-  losses = []
+  batches = []
   for i in range(STEPS):
     batch = random_batch(np.random.default_rng(100 + i), 4)
     mine = {k: np.asarray(v)[rows].reshape((local, 1) + v.shape[1:]) for k, v in batch.items()}
-    state, metrics = step(state, frozen, train.shard_batch(mine, mesh))
+    batches.append(train.shard_batch(mine, mesh))
+  # Compile first, then meet: Gloo gives a process 30 s to join the first collective, less
+  # than a compilation takes on a busy CPU.
+  step = step.lower(state, frozen, batches[0]).compile()
+  if num_processes > 1:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    distributed.global_state.client.wait_at_barrier("train_step_compiled", 900_000)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, frozen, batch)
     losses.append(float(metrics["loss"]))
   params = jax.tree.leaves(jax.device_get(state.params))
   if process_id == 0:
@@ -87,7 +97,7 @@ def test_two_processes_agree_with_one(tmp_path):
   np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
   assert len(params1) == len(params2)
   for a, b in zip(params1, params2):
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # updates have norm <= 1
 
 
 if __name__ == "__main__":
