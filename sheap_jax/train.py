@@ -1,0 +1,447 @@
+"""Trains SHeaP: data-parallel over every device of every host, resumable, big_vision style.
+
+    python -m sheap_jax.train --config configs/base.py:cpu --workdir runs/cpu
+    python -m sheap_jax.train --config configs/base.py --workdir runs/paper \
+        --config.losses.ssim.weight=0
+
+The step is written per device (pmap semantics: a `data` axis, `lax.pmean` of gradients) and
+run with `jax.shard_map` over a one-axis mesh of all devices. The loss is a mean over pairs, so
+1 and N devices give the same update. A step whose gradient or loss is not finite leaves the
+parameters and optimiser state unchanged and is counted in `skipped_steps`.
+
+The workdir holds Orbax checkpoints (`checkpoints/<step>`: train state, data-iterator state,
+config), `metrics.jsonl`, TensorBoard events and preview PNGs. Rerunning the same command
+resumes from the newest checkpoint; SIGTERM saves one before exiting.
+"""
+import base64
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+from absl import app
+from absl import flags
+from absl import logging
+from flax import struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from PIL import Image
+import tqdm
+
+from sheap_jax import camera as camera_lib
+from sheap_jax import flame as flame_lib
+from sheap_jax import mesh_render
+from sheap_jax import objective
+from sheap_jax.metrics import now
+
+_FILE = "sheap_jax/train.py"
+DATA_AXIS = "data"
+# Batch keys the objective reads: the two frames, then the target's landmarks if present.
+MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_landmarks_valid")
+
+
+@struct.dataclass
+class TrainState:
+  step: jnp.ndarray  # () int32 updates attempted
+  params: Any  # {"predictor", "regressor"}
+  opt_state: Any
+  skipped_steps: jnp.ndarray  # () int32 updates skipped for non-finite gradients
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW (or plain SGD) on a linear warm-up + cosine schedule."""
+  o = config.optimizer
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.total_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.end_factor)
+  if o.name == "adamw":
+    inner = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)
+  elif o.name == "sgd":
+    inner = optax.sgd(schedule)
+  else:
+    raise ValueError(f"{_FILE}: config.optimizer.name={o.name!r}; expected 'adamw' or 'sgd'")
+  return optax.chain(optax.clip_by_global_norm(o.clip_norm), inner)
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A one-axis `data` mesh over `devices` (default: every device of every process)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+
+
+def make_train_step(networks: objective.Networks, config, optimizer, mesh: Mesh) -> Callable:
+  """jit(shard_map(per-device step)): (state, frozen, batch) -> (state, metrics).
+
+  `batch` arrays are global, sharded along the `data` axis (see `shard_batch`); state, frozen
+  inputs and metrics are replicated.
+  """
+  def per_device_step(state: TrainState, frozen: objective.Frozen, batch):
+    loss_fn = functools.partial(objective.mean_loss, networks, frozen=frozen, config=config,
+                                batch=batch)
+    (loss, terms), grads = jax.value_and_grad(
+        lambda params: loss_fn(params=params), has_aux=True)(state.params)
+    grads, loss, terms = jax.lax.pmean((grads, loss, terms), DATA_AXIS)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state),
+                           skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
+                   skipped_steps=new_state.skipped_steps,
+                   **{f"loss/{k}": v for k, v in terms.items()})
+    return new_state, metrics
+
+  step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
+                       out_specs=(P(), P()), check_vma=False)
+  return jax.jit(step, donate_argnums=(0,))
+
+
+def shard_batch(batch: Dict[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Process-local batches (local_devices, per_device_batch, ...) -> global arrays sharded
+  along `data` (each device gets its own per-device slice), for the keys the objective reads
+  (`MODEL_INPUTS`; bookkeeping such as video ids stays on the host)."""
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+  local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+
+  def put(name, x):
+    x = np.asarray(x)
+    if x.shape[0] != local_devices:
+      raise ValueError(f"{_FILE}: batch[{name!r}] has leading dimension {x.shape[0]}, expected "
+                       f"this process's {local_devices} devices")
+    return jax.make_array_from_process_local_data(sharding, x.reshape((-1,) + x.shape[2:]))
+
+  missing = [name for name in MODEL_INPUTS[:2] if name not in batch]
+  if missing:
+    raise ValueError(f"{_FILE}: the batch lacks {missing} (has {sorted(batch)})")
+  return {name: put(name, batch[name]) for name in MODEL_INPUTS if name in batch}
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def init_state(networks, frozen, config, optimizer) -> TrainState:
+  params = objective.init_params(networks, frozen, config, jax.random.PRNGKey(config.seed))
+  return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
+                    skipped_steps=jnp.int32(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: train state + data-iterator state + config, keep-N, resume.
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def _data_state_to_json(data_state):
+  """Iterator states as JSON: Grain's are bytes (kept base64-encoded), others plain JSON."""
+  if isinstance(data_state, bytes):
+    return {"base64": base64.b64encode(data_state).decode("ascii")}
+  return {"json": data_state}
+
+
+def _data_state_from_json(stored):
+  return base64.b64decode(stored["base64"]) if "base64" in stored else stored["json"]
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, data_state, config):
+  step = int(state.step)
+  if step in manager.all_steps():
+    return
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(_data_state_to_json(data_state)),
+      config=ocp.args.JsonSave(config.to_dict())))
+  manager.wait_until_finished()
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState, step=None):
+  """(state, data-iterator state) of `step` (default: the newest)."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return restored["state"], _data_state_from_json(restored["data"])
+
+
+def load_config(workdir_or_checkpoint: str, step=None) -> ml_collections.ConfigDict:
+  """The config a checkpoint was trained with (enough to rebuild the model for prediction)."""
+  directory = os.path.join(os.path.abspath(workdir_or_checkpoint), "checkpoints")
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{_FILE}: no checkpoint under {directory}")
+  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return ml_collections.ConfigDict(restored["config"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging: JSON lines + TensorBoard, previews.
+
+
+class MetricWriter:
+  """Scalars to `metrics.jsonl` and TensorBoard events (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    if self._active:
+      from tensorboardX import SummaryWriter
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: Dict[str, float]):
+    if not self._active:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
+    self._tb.flush()
+
+  def close(self):
+    if self._active:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def preview_image(out: objective.Reanimation, source_image, faces) -> np.ndarray:
+  """(H, 6 W, 3) uint8 strip of pair 0: source | target | render | mesh overlay | depth |
+  normals."""
+  size = out.image.shape[1]
+  camera = camera_lib.Camera(K=out.Ks[0], viewmat=out.viewmats[0], width=size, height=size)
+  overlay = mesh_render.overlay_mesh(out.image[0], out.vertices[0], faces, camera)
+  depth = out.render.depth[0]
+  on = out.render.alpha[0] > 0.5
+  lo, hi = (jnp.min(jnp.where(on, depth, jnp.inf)), jnp.max(jnp.where(on, depth, -jnp.inf)))
+  depth = jnp.where(on, 1.0 - (depth - lo) / jnp.maximum(hi - lo, 1e-6), 0.0)
+  panels = [objective.resize_images(source_image[:1], size)[0], out.image[0], out.render.color[0],
+            overlay, jnp.repeat(depth[..., None], 3, -1), 0.5 - 0.5 * out.render.normals[0]]
+  strip = jnp.concatenate([jnp.clip(p, 0.0, 1.0) for p in panels], axis=1)
+  return np.asarray(strip * 255 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
+def open_dataset(config):
+  """The TFDS builder of `config.data` (synthetic_heads/<variant> under `data_dir`), built first
+  when absent and `config.data.build_if_missing` is set."""
+  if config.data.name != "synthetic_heads":
+    raise ValueError(f"{_FILE}: config.data.name={config.data.name!r}; this loop reads "
+                     "'synthetic_heads' (other datasets with its record layout: add them here)")
+  # pylint: disable-next=import-outside-toplevel
+  from data.synthetic_heads import builder as synthetic_builder
+  data_dir = os.path.expanduser(config.data.data_dir or "~/tensorflow_datasets")
+  dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
+                                             file_format="array_record")
+  if not dataset.is_prepared():
+    if not config.data.build_if_missing:
+      raise FileNotFoundError(f"{_FILE}: synthetic_heads/{config.data.variant} is not built under "
+                              f"{data_dir} (set --config.data.build_if_missing=True)")
+    if jax.process_index() == 0:
+      logging.info("building synthetic_heads/%s under %s", config.data.variant, data_dir)
+      dataset.download_and_prepare()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("synthetic_heads built")
+    dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
+                                               file_format="array_record")
+  return dataset
+
+
+def make_data_iterator(config, mesh: Mesh, dataset):
+  """The pair iterator of `data/pairs.py` for this process's devices (with get_state/set_state)."""
+  from data import pairs  # pylint: disable=import-outside-toplevel
+  local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  if config.batch_size % mesh.devices.size:
+    raise ValueError(f"{_FILE}: config.batch_size={config.batch_size} is not divisible by the "
+                     f"{mesh.devices.size} devices")
+  return pairs.make_pair_iterator(
+      dataset, split=config.data.split, global_batch_size=config.batch_size, seed=config.seed,
+      max_gap=config.data.max_gap, augment=config.data.augment,
+      image_size=config.model.image_size, worker_count=config.data.num_workers,
+      num_local_devices=local_devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the NoW protocol on held-out synthetic identities (neutral meshes).
+
+
+def landmarks_now(flame_model, vertices: np.ndarray) -> np.ndarray:
+  """(7, 3) NoW landmarks of a mesh in the model's topology (its full 68-point embedding)."""
+  index = np.asarray(flame_lib.NOW_LANDMARKS)
+  faces = np.asarray(flame_model.faces)[np.asarray(flame_model.full_lmk_faces)[index]]
+  bary = np.asarray(flame_model.full_lmk_bary)[index]
+  return np.einsum("lkc,lk->lc", np.asarray(vertices, np.float64)[faces], bary)
+
+
+def predict_neutral(networks, params, flame_model, images) -> jnp.ndarray:
+  """(B, V, 3) neutral meshes (zero pose, expression, eyelids) of the predicted shapes."""
+  out = networks.predictor.apply({"params": params["predictor"]}, images)
+  return flame_lib.neutral_vertices(flame_model, out.shape)
+
+
+def synthetic_neutral(neutral_meshes, gt_neutral_meshes, flame_model) -> Dict[str, float]:
+  """NoW errors (median / mean / std mm) of predicted neutral meshes against ground truth, both
+  in `flame_model`'s topology."""
+  faces = np.asarray(flame_model.faces)
+  errors = [now.now_errors(pred, faces, landmarks_now(flame_model, pred), gt, faces,
+                           landmarks_now(flame_model, gt))
+            for pred, gt in zip(neutral_meshes, gt_neutral_meshes)]
+  return now.summarize(errors)
+
+
+def validation_set(config, dataset) -> Tuple[np.ndarray, np.ndarray]:
+  """(images (N, S, S, 3) at the predictor's size, gt neutral meshes (N, V, 3)): the first frame
+  of each held-out video, at most `config.eval_images`."""
+  from data import pairs  # pylint: disable=import-outside-toplevel
+  from data.synthetic_heads import features  # pylint: disable=import-outside-toplevel
+  source = pairs.open_split(dataset, config.data.eval_split)
+  size = config.model.image_size
+  images, meshes = [], []
+  index = 0
+  while index < len(source) and len(images) < config.eval_images:
+    record = source[index]
+    image = features.decode_image(record[features.IMAGE]).astype(np.float32) / 255.0
+    images.append(np.asarray(jax.image.resize(image, (size, size, 3), "linear", antialias=True)))
+    meshes.append(np.asarray(record[features.GT_NEUTRAL_VERTICES], np.float64))
+    index += int(record[features.VIDEO_NUM_FRAMES])
+  return np.stack(images), np.stack(meshes)
+
+
+def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
+          validation: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+          mesh: Optional[Mesh] = None, flame_model=None, stop_after: Optional[int] = None
+          ) -> TrainState:
+  """Trains (or resumes) to `config.total_steps`; returns the final state.
+
+  By default the data come from `config.data` (pairs for training, held-out identities for
+  validation). Callers may pass `data_iterator` (process-local batches (local_devices,
+  per_device_batch, ...) with get_state()/set_state()) and `validation` ((images, gt neutral
+  meshes), or None to skip validation) instead. `flame_model` overrides the model `config`
+  names (tests pass a small one). `stop_after` ends this call after that many steps without a
+  final checkpoint, as a killed run would (tests use it).
+  """
+  mesh = mesh or make_mesh()
+  networks = objective.build_networks(config)
+  flame_model = flame_model or objective.load_flame_model(config)
+  frozen_host = objective.build_frozen(config, flame_model)
+  frozen = replicate(frozen_host, mesh)
+  optimizer = make_optimizer(config)
+  if data_iterator is None:
+    dataset = open_dataset(config)
+    data_iterator = make_data_iterator(config, mesh, dataset)
+    validation = validation_set(config, dataset) if config.eval_every else None
+
+  manager = checkpoint_manager(workdir, config)
+  abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
+  if manager.latest_step() is not None:
+    state, data_state = restore_checkpoint(manager, abstract)
+    data_iterator.set_state(data_state)
+    logging.info("resumed from step %d", int(state.step))
+  else:
+    state = jax.jit(lambda: init_state(networks, frozen, config, optimizer))()
+  state = replicate(state, mesh)
+
+  train_step = make_train_step(networks, config, optimizer, mesh)
+  reanimate = jax.jit(lambda params, frozen, s, t: objective.reanimate(
+      networks, params, frozen, config, s, t))
+  neutral = jax.jit(functools.partial(predict_neutral, networks))
+  writer = MetricWriter(workdir)
+  results = {}
+  if validation is not None:
+    results["mean_head"] = synthetic_neutral(
+        np.broadcast_to(np.asarray(flame_model.v_template), validation[1].shape), validation[1],
+        flame_model)
+    if int(state.step) == 0:
+      writer.write(0, {f"synthetic_neutral/mean_head/{k}": v
+                       for k, v in results["mean_head"].items()})
+  stop_requested = []
+  previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+  first_step = int(state.step)
+  progress = tqdm.tqdm(total=config.total_steps, initial=first_step, unit="step",
+                       disable=jax.process_index() != 0, dynamic_ncols=True)
+  last_log = time.time()
+  try:
+    for step in range(first_step + 1, config.total_steps + 1):
+      batch = next(data_iterator)
+      state, metrics = train_step(state, frozen, shard_batch(batch, mesh))
+      progress.update(1)
+      if step % config.log_every == 0 or step == config.total_steps:
+        metrics = jax.device_get(metrics)
+        now_time = time.time()
+        metrics["steps_per_s"] = config.log_every / max(now_time - last_log, 1e-9)
+        last_log = now_time
+        writer.write(step, metrics)
+        progress.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped_steps"]))
+      if config.preview_every and step % config.preview_every == 0 and jax.process_index() == 0:
+        write_preview(workdir, step, reanimate, state, frozen_host, batch, flame_model)
+      if validation is not None and (step % config.eval_every == 0
+                                     or step == config.total_steps):
+        meshes = np.asarray(neutral(state.params, flame_model, jnp.asarray(validation[0])))
+        results["model"] = dict(synthetic_neutral(meshes, validation[1], flame_model), step=step)
+        writer.write(step, {f"synthetic_neutral/{k}": v for k, v in results["model"].items()
+                            if k != "step"})
+      if step % config.checkpoint_every == 0 or step == config.total_steps or stop_requested:
+        save_checkpoint(manager, state, data_iterator.get_state(), config)
+      if stop_requested:
+        logging.warning("SIGTERM: saved step %d, exiting", step)
+        break
+      if stop_after is not None and step - first_step >= stop_after:
+        break
+    if "model" in results and jax.process_index() == 0:
+      with open(os.path.join(workdir, "synthetic_neutral.json"), "w") as f:
+        json.dump(results, f, indent=2)
+      logging.info("synthetic_neutral median %.3f mm (mean head %.3f mm)",
+                   results["model"]["median_mm"], results["mean_head"]["median_mm"])
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    progress.close()
+    writer.close()
+    manager.close()
+  return state
+
+
+def write_preview(workdir, step, reanimate, state, frozen, batch, flame_model):
+  """Renders the first device's pairs of the (local) batch on one device and writes the first
+  as `previews/<step>.png`."""
+  source = jnp.asarray(np.asarray(batch["source_image"])[0])
+  target = jnp.asarray(np.asarray(batch["target_image"])[0])
+  out = reanimate(jax.device_get(state.params), frozen, source, target)
+  strip = preview_image(out, source, flame_model.faces)
+  os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
+  Image.fromarray(strip).save(os.path.join(workdir, "previews", f"{step:08d}.png"))
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (path[:variant]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, previews.")
+
+
+def main(argv):
+  del argv
+  if os.environ.get("SHEAP_JAX_COORDINATOR"):  # several processes: join them first
+    jax.distributed.initialize(
+        coordinator_address=os.environ["SHEAP_JAX_COORDINATOR"],
+        num_processes=int(os.environ["SHEAP_JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["SHEAP_JAX_PROCESS_ID"]))
+  train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
