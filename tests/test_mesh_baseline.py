@@ -10,6 +10,7 @@ from sheap_jax import camera as camera_lib
 from sheap_jax import losses
 from sheap_jax import mesh_baseline
 from sheap_jax import mesh_render
+from sheap_jax import mesh_topology
 from sheap_jax import shading
 
 SIZE = 32
@@ -17,38 +18,11 @@ SIZE = 32
 _render_image = jax.jit(mesh_baseline.render_image, static_argnames="antialias")
 
 
-def _icosphere(subdivisions):
-  """Unit icosphere with faces counter-clockwise seen from outside."""
-  t = (1.0 + 5 ** 0.5) / 2
-  vertices = [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
-              [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]]
-  faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
-           [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
-           [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
-  vertices = [list(np.asarray(v) / np.linalg.norm(v)) for v in vertices]
-  for _ in range(subdivisions):
-    cache, refined = {}, []
-
-    def midpoint(i, j):
-      key = (min(i, j), max(i, j))
-      if key not in cache:
-        m = np.asarray(vertices[i]) + np.asarray(vertices[j])
-        vertices.append(list(m / np.linalg.norm(m)))
-        cache[key] = len(vertices) - 1
-      return cache[key]
-
-    for a, b, c in faces:
-      ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-      refined += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-    faces = refined
-  return np.asarray(vertices, np.float32), np.asarray(faces, np.int32)
-
-
 @pytest.fixture(scope="module")
 def scene():
   """A textured, lit sphere of radius 0.1 m, 1 m in front of SHeaP's default camera."""
   rng = np.random.default_rng(0)
-  unit, faces = _icosphere(2)
+  unit, faces = mesh_topology.icosphere(2)
   uvs = np.stack([0.5 + np.arctan2(unit[:, 0], unit[:, 2]) / (2 * np.pi),
                   0.5 + np.arcsin(unit[:, 1]) / np.pi], axis=1)
   topology = mesh_baseline.mesh_topology(faces, uvs, faces)
@@ -69,7 +43,7 @@ def test_edge_neighbours_match_a_brute_force_search():
       sharing = [g for g in range(len(faces)) if g != f and edge <= set(faces[g])]
       expected[f, e] = sharing[0] if len(sharing) == 1 else -1  # non-manifold: none
   np.testing.assert_array_equal(mesh_baseline.edge_neighbours(faces), expected)
-  _, sphere = _icosphere(1)
+  _, sphere = mesh_topology.icosphere(1)
   neighbours = mesh_baseline.edge_neighbours(sphere)
   assert np.all(neighbours >= 0)  # closed: every edge shared
   for f, e in [(0, 0), (17, 2), (55, 1)]:
@@ -219,7 +193,7 @@ def test_albedo_head_shapes_start_and_gradients():
 
 
 def test_bad_topology_is_rejected():
-  unit, faces = _icosphere(0)
+  unit, faces = mesh_topology.icosphere(0)
   with pytest.raises(ValueError, match="uv_faces must be an integer array shaped like faces"):
     mesh_baseline.mesh_topology(faces, np.zeros((12, 2)), faces[:5])
   with pytest.raises(ValueError, match="every uv_faces index below T"):

@@ -8,6 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from sheap_jax import camera as camera_lib
 from sheap_jax import mesh_render
+from sheap_jax import mesh_topology
 from sheap_jax import shading
 
 SIZE = 48
@@ -57,33 +58,6 @@ def _ray_cast(camera, vertices, faces):
   shape = (camera.height, camera.width)
   return ids.reshape(shape), np.where(ids >= 0, depth[:, 0], 0).reshape(shape), \
       ambiguous.reshape(shape)
-
-
-def _icosphere(subdivisions):
-  """Unit icosphere, counter-clockwise faces seen from outside."""
-  g = (1.0 + np.sqrt(5.0)) / 2.0
-  verts = [[-1, g, 0], [1, g, 0], [-1, -g, 0], [1, -g, 0], [0, -1, g], [0, 1, g], [0, -1, -g],
-           [0, 1, -g], [g, 0, -1], [g, 0, 1], [-g, 0, -1], [-g, 0, 1]]
-  faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
-           [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
-           [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
-  verts = [np.array(v, np.float64) / np.linalg.norm(v) for v in verts]
-  for _ in range(subdivisions):
-    midpoints, new_faces = {}, []
-
-    def midpoint(i, j):
-      key = (min(i, j), max(i, j))
-      if key not in midpoints:
-        m = verts[i] + verts[j]
-        verts.append(m / np.linalg.norm(m))
-        midpoints[key] = len(verts) - 1
-      return midpoints[key]
-
-    for a, b, c in faces:
-      ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-      new_faces += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-    faces = new_faces
-  return np.array(verts, np.float32), np.array(faces, np.int32)
 
 
 def _grid_faces(rows, cols, alternate=True):
@@ -158,7 +132,7 @@ def test_shared_edges_leave_no_holes_and_no_double_coverage(pixel_aligned):
 def sphere_scene():
   """A tessellated sphere seen by a camera with a random pose."""
   rng = np.random.default_rng(8)
-  vertices, faces = _icosphere(3)
+  vertices, faces = mesh_topology.icosphere(3)
   centre = rng.normal(size=3).astype(np.float32)
   vertices = vertices * 0.9 + centre
   rotation = Rotation.random(random_state=rng).as_matrix()
@@ -263,7 +237,7 @@ def test_backface_culling_follows_flame_winding_under_the_default_camera():
   behind = triangle.at[0, 2].set(1.5)  # that vertex is 1.5 m behind the camera: not drawn
   assert mesh_render.rasterize(behind, front, camera).mask.sum() == 0
   # A closed convex mesh looks the same with and without culling, from fewer fragments.
-  vertices, faces = _icosphere(2)
+  vertices, faces = mesh_topology.icosphere(2)
   vertices = jnp.asarray(vertices * 0.08)
   with_cull = mesh_render.rasterize(vertices, jnp.asarray(faces), camera, cull_backfaces=True)
   without = mesh_render.rasterize(vertices, jnp.asarray(faces), camera)
@@ -306,7 +280,7 @@ def test_textured_plane_is_perspective_correct_and_shaded():
 
 
 def test_vmap_over_a_batch_and_chunking_do_not_change_the_image():
-  vertices, faces = _icosphere(2)
+  vertices, faces = mesh_topology.icosphere(2)
   rng = np.random.default_rng(6)
   shifts = np.concatenate([rng.uniform(-0.3, 0.3, (3, 2)), rng.uniform(3, 4, (3, 1))], -1)
   batch_vertices = jnp.asarray(vertices[None] + shifts[:, None], jnp.float32)
@@ -327,7 +301,7 @@ def test_vmap_over_a_batch_and_chunking_do_not_change_the_image():
 
 
 def test_overlay_blends_only_where_the_mesh_is():
-  vertices, faces = _icosphere(2)
+  vertices, faces = mesh_topology.icosphere(2)
   camera = camera_lib.default_camera(SIZE, SIZE)
   image = jnp.asarray(np.random.default_rng(7).uniform(size=(SIZE, SIZE, 3)), jnp.float32)
   out = mesh_render.overlay_mesh(image, jnp.asarray(vertices * 0.06), jnp.asarray(faces), camera)
