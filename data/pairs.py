@@ -2,18 +2,21 @@
 
 Reads any dataset with the per-frame record layout of `data/synthetic_heads/features.py`
 (`synthetic_heads`, `video_folder`): records of a video are consecutive, and each record holds
-its `frame_index` and `video_num_frames`. Grain drives it:
+its `frame_index` and `video_num_frames`. A Grain dataset pipeline:
 
-  IndexSampler (shuffled record ids, sharded by JAX process; seeded)
+  record ids of this process's shard, shuffled each epoch (seeded), repeated
     -> SamplePair: the record is the source frame; the target is a frame of the same video at
-       a random gap 1..max_gap (either direction); ground-truth fields never leave this step
-    -> AugmentPair: optional flip (both frames), colour jitter (both frames), zoom and shift
+       a random gap 1..max_gap (either direction); only training fields are ever parsed
+       (`TrainingFields`), so ground truth never leaves the files
+    -> AugmentPair: optional flip (both frames), colour change (both frames), zoom and shift
        (each frame), applied to image and landmarks alike; resize to image_size
-    -> Batch (`stack_pairs`: uint8 -> float32 through the colour change, in one pass), then
-       split into (local devices, per-device batch, ...)
+    -> (both steps run in `num_threads` threads: PNG decoding and resampling release the GIL)
+    -> BatchPairs: arrays of (local devices, per-device batch, ...), uint8 -> float32 through
+       the colour change in one pass, into shared memory when worker processes hand it over
+    -> optional worker processes (`worker_count`)
 
-Every random choice comes from Grain's per-record generator, so a seed fixes the stream and the
-iterator's `get_state()` / `set_state()` resume it exactly.
+Every random choice comes from Grain's per-element generators, so a seed fixes the stream and
+the iterator's `get_state()` / `set_state()` resume it exactly.
 """
 import dataclasses
 import os
@@ -37,10 +40,11 @@ FLIP_PERMUTATION = np.array(
     + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
     + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
     + [64, 63, 62, 61, 60, 67, 66, 65])  # inner lips
-LEVELS = "colour_levels"  # (256,) float32: a pair's colour change, until batching
+COLOUR = "colour_change"  # (2,) float32 (scale, offset) of a pair's uint8 levels, until batching
 BATCH_KEYS = ("source_image", "target_image", "source_landmarks", "target_landmarks",
               "source_landmarks_valid", "target_landmarks_valid", "video_id", "source_frame",
               "target_frame")
+DEFAULT_THREADS = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,18 +63,51 @@ NO_AUGMENTATION = Augmentation(flip_probability=0.0, zoom=(1.0, 1.0), shift=0.0,
                                brightness=0.0, contrast=0.0)
 
 
+class TrainingFields:
+  """Random access to the training fields (`features.TRAINING_KEYS`) of a split's records.
+
+  A TFDS ArrayRecord source is read as raw bytes and only those fields are parsed: TFDS would
+  otherwise turn every field, the tiny config's two stored meshes included (34k floats), into
+  arrays on each read. Any other source (len + getitem of feature dicts) is read whole."""
+
+  def __init__(self, source):
+    self._source = source
+    info = getattr(source, "dataset_info", None)
+    raw = getattr(source, "data_source", None)
+    self._raw, self._parse = None, None
+    if info is not None and raw is not None and all(
+        key in info.features for key in frame_features.TRAINING_KEYS):
+      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+      self._raw = raw
+      self._parse = tfds.features.FeaturesDict(
+          {key: info.features[key] for key in frame_features.TRAINING_KEYS})
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    if self._raw is not None:
+      return self._parse.deserialize_example_np(self._raw[index])
+    record = self._source[index]
+    missing = [key for key in frame_features.TRAINING_KEYS if key not in record]
+    if missing:
+      raise ValueError(f"data/pairs.py: record {index} has no {missing}; frame records need "
+                       "the fields of data/synthetic_heads/features.py")
+    return {key: record[key] for key in frame_features.TRAINING_KEYS}
+
+
 class SamplePair(grain.RandomMapTransform):
   """Record id -> a training pair: the record as source, a frame of its video at a random gap
-  in [1, max_gap] as target. Only training fields are kept."""
+  in [1, max_gap] as target, both decoded. Reads only training fields."""
 
-  def __init__(self, source, max_gap: int):
+  def __init__(self, frames: TrainingFields, max_gap: int):
     if max_gap < 1:
       raise ValueError(f"data/pairs.py: max_gap must be >= 1, got {max_gap}")
-    self._source = source
+    self._frames = frames
     self._max_gap = max_gap
 
   def random_map(self, element, rng: np.random.Generator):
-    record = self._source[int(element)]
+    record = self._frames[int(element)]
     frame = int(record[frame_features.FRAME_INDEX])
     count = int(record[frame_features.VIDEO_NUM_FRAMES])
     if count < 2:
@@ -80,7 +117,7 @@ class SamplePair(grain.RandomMapTransform):
     targets = frame + gaps[(gaps != 0) & (frame + gaps >= 0) & (frame + gaps < count)]
     target_frame = int(rng.choice(targets))
     index = int(element) - frame + target_frame
-    partner = self._source[index] if 0 <= index < len(self._source) else None
+    partner = self._frames[index] if 0 <= index < len(self._frames) else None
     if (partner is None or partner[frame_features.VIDEO_ID] != record[frame_features.VIDEO_ID]
         or int(partner[frame_features.FRAME_INDEX]) != target_frame):
       raise ValueError(
@@ -99,7 +136,7 @@ class SamplePair(grain.RandomMapTransform):
 
 class AugmentPair(grain.RandomMapTransform):
   """Augments and resizes both frames of a pair. Images stay uint8, with the pair's colour
-  change as a table under LEVELS, until `stack_pairs` batches them."""
+  change under COLOUR, until `BatchPairs` writes them into the batch."""
 
   def __init__(self, augmentation: Augmentation, image_size: int):
     self._aug = augmentation
@@ -110,16 +147,15 @@ class AugmentPair(grain.RandomMapTransform):
     flip = rng.random() < aug.flip_probability
     gain = 1.0 + rng.uniform(-aug.brightness, aug.brightness)
     contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
-    # One colour change for both frames (a gain, then contrast about mid-grey) as a table from
-    # uint8 levels to float32: `stack_pairs` applies it while it fills the batch.
-    levels = (np.arange(256, dtype=np.float32) * (gain / 255.0) - 0.5) * contrast + 0.5
-    element[LEVELS] = np.clip(levels, 0.0, 1.0).astype(np.float32)
+    # One colour change for both frames, a gain and then contrast about mid-grey:
+    # (level / 255 * gain - 0.5) * contrast + 0.5 = level * scale + offset, clipped to [0, 1].
+    element[COLOUR] = np.array([gain * contrast / 255.0, 0.5 * (1.0 - contrast)], np.float32)
     for prefix in ("source", "target"):
       image = element[f"{prefix}_image"]
       points = element[f"{prefix}_landmarks"]
       valid = element[f"{prefix}_landmarks_valid"]
       height, width = image.shape[:2]
-      if flip:
+      if flip:  # a view: the crop below copies it anyway
         image = image[:, ::-1]
         points = np.stack([width - 1 - points[:, 0], points[:, 1]], axis=-1)[FLIP_PERMUTATION]
         valid = valid[FLIP_PERMUTATION]
@@ -129,37 +165,48 @@ class AugmentPair(grain.RandomMapTransform):
       box = np.concatenate([centre - side / 2, centre + side / 2])
       full_frame = np.allclose(box, [-0.5, -0.5, width - 0.5, height - 0.5])
       if not (full_frame and width == height == self._size):
-        image = crop.crop_image(np.ascontiguousarray(image), box, self._size)
+        image = crop.crop_image(image, box, self._size)
         points = crop.points_to_crop(points, box, self._size)
       inside = np.all((points >= -0.5) & (points <= self._size - 0.5), axis=1)
       valid = valid & inside
-      element[f"{prefix}_image"] = np.ascontiguousarray(image)
+      element[f"{prefix}_image"] = image
       element[f"{prefix}_landmarks"] = np.where(valid[:, None], points, 0.0).astype(np.float32)
       element[f"{prefix}_landmarks_valid"] = valid
     return element
 
 
-def stack_pairs(elements):
-  """Grain batch function: stacks the pairs, turning uint8 images into float32 in [0, 1]
-  through each pair's colour table, written straight into the batch (one pass, no copies)."""
-  batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]
-           if k != LEVELS and not k.endswith("_image")}
-  for key in ("source_image", "target_image"):
-    images = np.empty((len(elements),) + elements[0][key].shape, np.float32)
-    for out, element in zip(images, elements):
-      np.take(element[LEVELS], element[key], out=out)
-    batch[key] = images
-  return batch
-
-
-class SplitDevices(grain.MapTransform):
-  """(process batch, ...) -> (local devices, per-device batch, ...) for every array."""
+class BatchPairs:
+  """Grain batch function: pairs -> BATCH_KEYS arrays of (local devices, per-device batch,
+  ...). Images go from uint8 to float32 in [0, 1] through each pair's colour change, written
+  straight into the batch; into shared memory once Grain's worker processes ask for it
+  (`enable_shared_memory_output`), so a worker hands a batch over without copying it."""
 
   def __init__(self, num_devices: int):
     self._num_devices = num_devices
+    self._shared_memory = False
 
-  def map(self, element):
-    return {k: v.reshape((self._num_devices, -1) + v.shape[1:]) for k, v in element.items()}
+  def enable_shared_memory_output(self):
+    self._shared_memory = True
+
+  def __call__(self, elements):
+    count = len(elements)
+    lead = (self._num_devices, count // self._num_devices)
+    batch = {}
+    for key in BATCH_KEYS:
+      if not key.endswith("_image"):
+        batch[key] = np.stack([e[key] for e in elements]).reshape(lead + np.shape(
+            elements[0][key]))
+        continue
+      shape = lead + elements[0][key].shape
+      images = (grain.SharedMemoryArray(shape, np.float32) if self._shared_memory
+                else np.empty(shape, np.float32))
+      for out, element in zip(images.reshape((count,) + shape[2:]), elements):
+        scale, offset = element[COLOUR]
+        np.multiply(element[key], scale, out=out)
+        out += offset
+        np.clip(out, 0.0, 1.0, out=out)
+      batch[key] = images
+    return batch
 
 
 def open_split(data, split: str):
@@ -183,43 +230,59 @@ def open_split(data, split: str):
   return data
 
 
-def make_pair_loader(data, *, split: str = "train", global_batch_size: int, seed: int,
-                     max_gap: int = 8,
-                     augment: Union[bool, Augmentation] = True,
-                     image_size: int = crop.CROP_SIZE,
-                     num_epochs: Optional[int] = None,
-                     shuffle: bool = True,
-                     worker_count: int = 0,
-                     shard_index: Optional[int] = None,
-                     shard_count: Optional[int] = None,
-                     num_local_devices: Optional[int] = None) -> grain.DataLoader:
-  """The Grain DataLoader of pair batches (see `make_pair_iterator`)."""
+def make_pair_dataset(data, *, split: str = "train", global_batch_size: int, seed: int,
+                      max_gap: int = 8,
+                      augment: Union[bool, Augmentation] = True,
+                      image_size: int = crop.CROP_SIZE,
+                      num_epochs: Optional[int] = None,
+                      shuffle: bool = True,
+                      worker_count: int = 0,
+                      num_threads: int = DEFAULT_THREADS,
+                      shard_index: Optional[int] = None,
+                      shard_count: Optional[int] = None,
+                      num_local_devices: Optional[int] = None) -> grain.IterDataset:
+  """The Grain dataset of pair batches (see `make_pair_iterator`)."""
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
   num_local_devices = num_local_devices or jax.local_device_count()
   if global_batch_size % (shard_count * num_local_devices):
     raise ValueError(f"data/pairs.py: global_batch_size {global_batch_size} does not split "
                      f"over {shard_count} process(es) x {num_local_devices} local device(s)")
-  source = open_split(data, split)
+  if not (isinstance(seed, (int, np.integer)) and seed >= 0):
+    raise ValueError(f"data/pairs.py: seed must be an integer >= 0, got {seed!r}")
+  frames = TrainingFields(open_split(data, split))
+  per_shard = len(frames) // shard_count
+  if not per_shard:
+    raise ValueError(f"data/pairs.py: {len(frames)} record(s) cannot be shared by "
+                     f"{shard_count} process(es)")
   augmentation = (Augmentation() if augment is True else NO_AUGMENTATION if augment is False
                   else augment)
-  sampler = grain.IndexSampler(
-      num_records=len(source),
-      shard_options=grain.ShardOptions(shard_index, shard_count, drop_remainder=True),
-      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  operations = [SamplePair(source, max_gap), AugmentPair(augmentation, image_size),
-                grain.Batch(global_batch_size // shard_count, drop_remainder=True,
-                            batch_fn=stack_pairs),
-                SplitDevices(num_local_devices)]
-  if worker_count and not flags.FLAGS.is_parsed():
+  # Each shard (JAX process) reads records shard_index, shard_index + shard_count, ... and
+  # draws from its own seed, so processes neither repeat each other's records nor draws.
+  shard_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
+  records = grain.MapDataset.range(shard_index, per_shard * shard_count, shard_count)
+  records = records.seed(shard_seed)
+  if shuffle:
+    records = records.shuffle()  # a new order each epoch
+  pairs = (records.repeat(num_epochs)
+           .random_map(SamplePair(frames, max_gap))
+           .random_map(AugmentPair(augmentation, image_size)))
+  # Threads run the two maps above ahead of the batching; a few pairs each keep them busy.
+  batches = pairs.to_iter_dataset(grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=4 * num_threads)).batch(
+          global_batch_size // shard_count, drop_remainder=True,
+          batch_fn=BatchPairs(num_local_devices))
+  if not worker_count:
+    return batches
+  if not flags.FLAGS.is_parsed():
     # Grain's worker processes read absl flags, which nothing parses outside absl.app (plain
     # scripts, notebooks): take their defaults.
     flags.FLAGS.mark_as_parsed()
-  return grain.DataLoader(data_source=grain.RangeDataSource(0, len(source), 1), sampler=sampler,
-                          operations=operations, worker_count=worker_count)
+  batches.enable_shared_memory_output()
+  return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
 
 
-def make_pair_iterator(data, **kwargs) -> grain.PyGrainDatasetIterator:
+def make_pair_iterator(data, **kwargs) -> grain.DatasetIterator:
   """An iterator of pair batches for training, this process's share of the global batch.
 
   Each batch is a dict of numpy arrays with leading axes (local devices, per-device batch):
@@ -228,10 +291,12 @@ def make_pair_iterator(data, **kwargs) -> grain.PyGrainDatasetIterator:
   `source_landmarks_valid`, `target_landmarks_valid` (..., 68) bool; `video_id`,
   `source_frame`, `target_frame` int64. No ground-truth field ever appears.
 
-  Keyword arguments (see `make_pair_loader`): split, global_batch_size, seed, max_gap,
+  Keyword arguments (see `make_pair_dataset`): split, global_batch_size, seed, max_gap,
   augment (bool or an `Augmentation`), image_size, num_epochs (None: forever), shuffle,
-  worker_count (Grain worker processes), shard_index / shard_count (default: this JAX
-  process among all), num_local_devices (default: jax.local_device_count()).
-  The iterator's get_state() / set_state() checkpoint and restore its position.
+  worker_count (Grain worker processes), num_threads (threads per process decoding and
+  augmenting), shard_index / shard_count (default: this JAX process among all),
+  num_local_devices (default: jax.local_device_count()).
+  The iterator's get_state() (a dict of integers, JSON-safe) / set_state() checkpoint and
+  restore its position.
   """
-  return iter(make_pair_loader(data, **kwargs))
+  return iter(make_pair_dataset(data, **kwargs))

@@ -8,15 +8,15 @@ its two small integer fields and draws a partner from that range: no index of vi
 Training inputs have plain names; everything else is ground truth for evaluation only and is
 prefixed `gt_`, so an input pipeline keeps training honest with `drop_ground_truth`.
 
-The image is stored as PNG bytes (TFDS cannot encode numpy images without TensorFlow); decode
-it with `decode_image`. Pixel centres and camera axes follow `rasterizer/types.py`: landmark
-(x, y) = (column, row), pixel (i, j) centred at (i, j); cameras are OpenCV (x right, y down).
+The image is stored as PNG bytes (TFDS cannot encode numpy images without TensorFlow), written
+by `data/png.py` so that it decodes fast; decode it with `decode_image`. Pixel centres and
+camera axes follow `rasterizer/types.py`: landmark (x, y) = (column, row), pixel (i, j) centred
+at (i, j); cameras are OpenCV (x right, y down).
 """
-import io
-
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
+
+from data import png
 
 NUM_LANDMARKS = 68  # iBUG 68 order
 NUM_SH_COEFFS = 9  # order-2 spherical harmonics (sheap_jax.shading)
@@ -31,6 +31,7 @@ LANDMARKS_VALID = "landmarks_valid"  # (68,) bool: detector found the face and t
 VIDEO_ID = "video_id"  # int64, unique over all splits (one video per identity)
 FRAME_INDEX = "frame_index"  # int64 position of the frame in its video
 VIDEO_NUM_FRAMES = "video_num_frames"  # int64 frames in this frame's video
+TRAINING_KEYS = (IMAGE, LANDMARKS, LANDMARKS_VALID, VIDEO_ID, FRAME_INDEX, VIDEO_NUM_FRAMES)
 
 # Ground truth (evaluation only).
 GT_SHAPE = "gt_shape"  # (300,) FLAME shape coefficients
@@ -90,18 +91,12 @@ def features_dict(num_shape: int, num_expression: int,
 
 def encode_image(image: np.ndarray) -> bytes:
   """(H, W, 3) uint8 -> PNG bytes (lossless, so the stored frame is exactly the rendered one)."""
-  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError("data/synthetic_heads/features.py: encode_image takes (H, W, 3) uint8, got "
-                     f"{image.dtype} {image.shape}")
-  buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="PNG")
-  return buffer.getvalue()
+  return png.encode(image)
 
 
-def decode_image(png: bytes) -> np.ndarray:
-  """PNG bytes of a record's `image` -> (H, W, 3) uint8."""
-  with Image.open(io.BytesIO(png)) as image:
-    return np.asarray(image.convert("RGB"))
+def decode_image(data: bytes) -> np.ndarray:
+  """PNG bytes of a record's `image` -> (H, W, 3) uint8 (any PNG; fastest for encode_image's)."""
+  return png.decode(data)
 
 
 def drop_ground_truth(example: dict) -> dict:
