@@ -7,8 +7,10 @@
 frames_generated_per_s: frames of the `synthetic_heads` builder's tiny config per second of
 `download_and_prepare` (rendering, the simulated detector, PNG encoding and writing).
 pairs_per_s: pairs per second out of `data.pairs.make_pair_iterator` at image_size^2 with
-augmentation, after a warm-up batch, median over runs, for each worker count; without workers
-also pairs per CPU second (the steadier figure on a shared, loaded machine).
+augmentation, after a warm-up batch, median over runs, for each (worker processes, threads)
+setting; without workers also pairs per CPU second of the process (steadier on a shared,
+loaded machine). stage_ms: the CPU milliseconds of each step of the pipeline, one thread,
+medians over many calls (the profile the settings above parallelise).
 When the dataset has ground-truth landmarks, also the recall of `sheap_jax.crop.detect_faces`
 on held-out splits (a detection whose IoU with the true 68-landmark box, mapped by
 `landmark_box_from_detection`, is >= 0.5) and, fitted on the training split, the
@@ -45,21 +47,60 @@ def build_synthetic(data_dir: str, config: str):
 
 
 def pairs_per_second(data_dir: str, split: str, image_size: int, batch_size: int,
-                     batches: int, runs: int, worker_count: int):
+                     batches: int, runs: int, worker_count: int, num_threads: int):
   """(pairs per wall second, pairs per CPU second of this process), medians over runs. The
-  second is what one core sustains without workers; meaningful only for worker_count 0."""
+  second counts only this process's CPU: meaningful without workers."""
   wall_rates, cpu_rates = [], []
   for run in range(runs):
     iterator = pairs.make_pair_iterator(
         data_dir, split=split, global_batch_size=batch_size, seed=run, max_gap=4, augment=True,
-        image_size=image_size, worker_count=worker_count, num_local_devices=1)
+        image_size=image_size, worker_count=worker_count, num_threads=num_threads,
+        num_local_devices=1)
     next(iterator)  # warm-up: worker start, first reads
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
       next(iterator)
     wall_rates.append(batches * batch_size / (time.perf_counter() - wall))
     cpu_rates.append(batches * batch_size / (time.process_time() - cpu))
+    if hasattr(iterator, "close"):
+      iterator.close()  # stops worker processes now rather than at garbage collection
   return float(np.median(wall_rates)), float(np.median(cpu_rates))
+
+
+def _cpu_ms(function, items, repeats: int = 3) -> float:
+  """Median CPU milliseconds (this thread) of function(item) over items, repeated."""
+  costs = []
+  for _ in range(repeats):
+    for item in items:
+      start = time.thread_time()
+      function(item)
+      costs.append(time.thread_time() - start)
+  return 1e3 * float(np.median(costs))
+
+
+def stage_costs(data_dir: str, split: str, image_size: int, batch_size: int) -> dict:
+  """CPU ms of each pipeline step on one thread: reading a record whole (what TFDS decodes)
+  and only its training fields, decoding its PNG, then per pair sampling (two reads and
+  decodes), augmenting and batching."""
+  source = pairs.open_split(data_dir, split)
+  fields = pairs.TrainingFields(source)
+  indices = list(range(len(source)))
+  records = [fields[i] for i in indices]
+  sample = pairs.SamplePair(fields, max_gap=4)
+  augment = pairs.AugmentPair(pairs.Augmentation(), image_size)
+  rng = np.random.default_rng(0)
+  sampled = [sample.random_map(i, rng) for i in indices]
+  augmented = [augment.random_map(dict(p), rng) for p in sampled]
+  batches = [augmented[i:i + batch_size] for i in range(0, len(augmented) - batch_size + 1,
+                                                         batch_size)] or [augmented]
+  batcher = pairs.BatchPairs(num_devices=1)
+  return {"read_record_all_fields": _cpu_ms(lambda i: source[i], indices),
+          "read_record_training_fields": _cpu_ms(lambda i: fields[i], indices),
+          "decode_png": _cpu_ms(lambda r: frame_features.decode_image(r[frame_features.IMAGE]),
+                                records),
+          "sample_pair": _cpu_ms(lambda i: sample.random_map(i, rng), indices),
+          "augment_pair": _cpu_ms(lambda p: augment.random_map(dict(p), rng), sampled),
+          "batch_per_pair": _cpu_ms(batcher, batches, repeats=8) / len(batches[0])}
 
 
 def detections(data_dir: str, split: str, limit: int):
@@ -134,7 +175,8 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--batches", type=int, default=8)
   parser.add_argument("--runs", type=int, default=3)
-  parser.add_argument("--workers", default="0,2", help="comma-separated Grain worker counts")
+  parser.add_argument("--settings", default="0:0,0:2,2:0,2:1",
+                      help="comma-separated worker_count:num_threads settings to time")
   parser.add_argument("--recall_frames", type=int, default=200, help="per split")
   parser.add_argument("--recall_splits", default="validation,test",
                       help="splits for the detector's recall (its constants are fitted on train)")
@@ -147,11 +189,13 @@ def main(argv=None):
     data_dir = args.data_dir
     if data_dir is None:
       data_dir, frames_per_s = build_synthetic(scratch, args.config)
+    stages = stage_costs(data_dir, args.split, args.image_size, args.batch_size)
     records = []
-    for workers in [int(w) for w in args.workers.split(",")]:
+    for setting in args.settings.split(","):
+      workers, threads = (int(v) for v in setting.split(":"))
       rate, per_cpu = pairs_per_second(data_dir, args.split, args.image_size, args.batch_size,
-                                       args.batches, args.runs, workers)
-      record = {"pairs_per_s": rate, "worker_count": workers}
+                                       args.batches, args.runs, workers, threads)
+      record = {"pairs_per_s": rate, "worker_count": workers, "num_threads": threads}
       if not workers:
         record["pairs_per_cpu_s"] = per_cpu
       records.append(record)
@@ -167,17 +211,21 @@ def main(argv=None):
             "device": f"cpu ({platform.processor() or platform.machine()}, "
                       f"{os.cpu_count()} cores)",
             "dataset": os.path.relpath(data_dir, scratch) if args.data_dir is None else data_dir,
-            "batch_size": args.batch_size, "load_average": os.getloadavg()[0]}
+            "batch_size": args.batch_size, "load_average": os.getloadavg()[0],
+            "stage_ms": stages}
   if recall is not None:
     common.update(detector_recall=recall[0], detector_found=recall[1],
                   detector_median_iou=recall[2], detector_frames=len(held_out),
                   detector_to_landmarks_fitted=fitted)
   records = [dict(common, **r) for r in records]
-  print(f"{'workers':>8} {'pairs/s':>9} {'pairs/CPU s':>12} {'frames generated/s':>19}")
+  print(f"{'workers':>8} {'threads':>8} {'pairs/s':>9} {'pairs/CPU s':>12} "
+        f"{'frames generated/s':>19}")
   for r in records:
     generated = "-" if frames_per_s is None else f"{frames_per_s:.1f}"
     per_cpu = f"{r['pairs_per_cpu_s']:.1f}" if "pairs_per_cpu_s" in r else "-"
-    print(f"{r['worker_count']:>8} {r['pairs_per_s']:>9.1f} {per_cpu:>12} {generated:>19}")
+    print(f"{r['worker_count']:>8} {r['num_threads']:>8} {r['pairs_per_s']:>9.1f} "
+          f"{per_cpu:>12} {generated:>19}")
+  print("CPU ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
   print(f"load average {common['load_average']:.1f} on {os.cpu_count()} cores")
   if recall is not None:
     print(f"detector on {len(held_out)} held-out frames: recall (IoU >= 0.5) {recall[0]:.3f}, "

@@ -1,5 +1,8 @@
 """Pair pipeline: pairs of one video, determinism, exact resume, sharding, consistent
 augmentation, no ground truth; over in-memory records and a built video_folder dataset."""
+import json
+
+import grain.python as grain
 import numpy as np
 import pytest
 from PIL import Image
@@ -105,7 +108,7 @@ def test_same_seed_same_stream_and_exact_resume():
 
   iterator = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True))
   _take(iterator, 2)
-  state = iterator.get_state()
+  state = json.loads(json.dumps(iterator.get_state()))  # as a checkpoint stores it
   expected = _take(iterator, 2)
   resumed = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True))
   resumed.set_state(state)
@@ -113,6 +116,50 @@ def test_same_seed_same_stream_and_exact_resume():
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
   np.testing.assert_array_equal(expected[0]["source_image"], first[2]["source_image"])
+
+
+def test_stream_does_not_depend_on_threads():
+  records = _records()
+  streams = [_take(pairs.make_pair_iterator(records, **_loader_kwargs(
+      augment=True, num_threads=threads)), 3) for threads in (0, 3)]
+  for a, b in zip(*streams):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_batching_applies_the_colour_change(monkeypatch):
+  """BatchPairs turns uint8 levels into (level / 255 * gain - 0.5) * contrast + 0.5, clipped
+  to [0, 1], split over devices; the same into Grain's shared memory when asked."""
+  rng = np.random.default_rng(7)
+  elements, expected = [], []
+  for _ in range(6):
+    gain, contrast = rng.uniform(0.6, 1.4, 2)
+    element = {key: rng.integers(0, 2, 68).astype(bool) if key.endswith("_valid")
+               else rng.uniform(0, 9, (68, 2)).astype(np.float32) for key in pairs.BATCH_KEYS
+               if "landmarks" in key}
+    element.update(video_id=np.int64(rng.integers(9)), source_frame=np.int64(1),
+                   target_frame=np.int64(2))
+    for prefix in ("source", "target"):
+      element[f"{prefix}_image"] = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
+    element[pairs.COLOUR] = np.array([gain * contrast / 255, 0.5 * (1 - contrast)], np.float32)
+    elements.append(element)
+    expected.append({k: np.clip((v / 255.0 * gain - 0.5) * contrast + 0.5, 0, 1)
+                     if k.endswith("_image") else v for k, v in element.items()})
+  batcher = pairs.BatchPairs(num_devices=2)
+  for shared in (False, True):
+    if shared:
+      batcher.enable_shared_memory_output()
+    batch = batcher(elements)
+    assert set(batch) == set(pairs.BATCH_KEYS)
+    for key in pairs.BATCH_KEYS:
+      want = np.stack([e[key] for e in expected])
+      assert batch[key].shape == (2, 3) + want.shape[1:]
+      assert batch[key].dtype == (np.float32 if key.endswith("_image") else want.dtype)
+      np.testing.assert_allclose(batch[key].reshape(want.shape), want, atol=1e-6)
+      assert isinstance(batch[key], grain.SharedMemoryArray) == (
+          shared and key.endswith("_image"))
+      if shared and key.endswith("_image"):
+        batch[key].unlink_on_del()  # what the receiving process does
 
 
 def test_shards_split_the_records():
@@ -161,6 +208,10 @@ def test_bad_inputs_are_reported(tmp_path):
   shuffled = _records()[::-1]
   with pytest.raises(ValueError, match="not laid out"):
     next(pairs.make_pair_iterator(shuffled, **_loader_kwargs()))
+  incomplete = _records()
+  del incomplete[4][frame_features.LANDMARKS]
+  with pytest.raises(ValueError, match=r"record 4 has no \['landmarks'\]"):
+    pairs.TrainingFields(incomplete)[4]
 
 
 def test_reads_a_built_video_folder_dataset(tmp_path):
@@ -178,6 +229,14 @@ def test_reads_a_built_video_folder_dataset(tmp_path):
   builder.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "videos")))
+  # Records read for training hold only the training fields, the same as TFDS decodes.
+  source = pairs.open_split(str(builder.data_path), "train")
+  fields = pairs.TrainingFields(source)
+  for index in range(len(source)):
+    record, training = source[index], fields[index]
+    assert set(training) == set(frame_features.TRAINING_KEYS)
+    for key in frame_features.TRAINING_KEYS:
+      np.testing.assert_array_equal(training[key], record[key])
   iterator = pairs.make_pair_iterator(str(builder.data_path), **_loader_kwargs(
       global_batch_size=4, augment=True))
   batch = next(iterator)

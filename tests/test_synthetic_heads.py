@@ -1,17 +1,22 @@
 """synthetic_heads: build without TensorFlow, read back, and check the data against
 independent references (FLAME forward pass, the mesh renderer's face ids, detector maths)."""
 import dataclasses
+import io
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 from scipy.spatial.transform import Rotation
 import tensorflow_datasets as tfds
 
+from data import png
 from data.synthetic_heads import assets
 from data.synthetic_heads import configs
 from data.synthetic_heads import detector
@@ -95,9 +100,11 @@ def test_layout_splits_and_training_view(built):
       image = F.decode_image(r[F.IMAGE])
       assert image.shape == (c.image_size, c.image_size, 3) and image.dtype == np.uint8
       assert image.std() > 10  # a picture, not a flat colour
+      np.testing.assert_array_equal(image, _pillow_decode(r[F.IMAGE]))  # a standard PNG
       training = F.drop_ground_truth(r)
-      assert set(training) == {F.IMAGE, F.LANDMARKS, F.LANDMARKS_VALID, F.VIDEO_ID,
-                               F.FRAME_INDEX, F.VIDEO_NUM_FRAMES}
+      assert set(training) == set(F.TRAINING_KEYS) == {
+          F.IMAGE, F.LANDMARKS, F.LANDMARKS_VALID, F.VIDEO_ID, F.FRAME_INDEX,
+          F.VIDEO_NUM_FRAMES}
   assert videos["train"] == set(c.splits["train"])
   assert not videos["train"] & videos["test"] and not videos["train"] & videos["validation"]
   # Frames of one video differ (motion), identities differ (shape).
@@ -249,3 +256,83 @@ def test_generator_is_deterministic_per_frame(built):
   np.testing.assert_array_equal(F.decode_image(again[F.IMAGE]), F.decode_image(stored[F.IMAGE]))
   for key in (F.LANDMARKS, F.LANDMARKS_VALID, F.GT_LANDMARKS_VISIBLE, F.GT_EXPRESSION):
     np.testing.assert_array_equal(again[key], stored[key])
+
+
+def _pillow_decode(data: bytes) -> np.ndarray:
+  with Image.open(io.BytesIO(data)) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+  return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _use_inflate(monkeypatch, backend):
+  lib = zlib if backend == "zlib" else pytest.importorskip("isal.isal_zlib")
+  monkeypatch.setattr(png, "inflate_lib", lib)
+
+
+@pytest.mark.parametrize("backend", ["zlib", "isal"])
+def test_png_round_trip_is_standard_and_skips_pillow(monkeypatch, backend):
+  """Frames written by data/png.py are PNGs that Pillow reads back exactly, and decode them
+  without Pillow (the fast path) to the same pixels, with either inflate."""
+  _use_inflate(monkeypatch, backend)
+  rng = np.random.default_rng(11)
+  images = [rng.integers(0, 256, shape, dtype=np.uint8)
+            for shape in ((1, 1, 3), (1, 7, 3), (9, 1, 3), (37, 23, 3), (64, 64, 3))]
+  smooth = np.clip(np.add.outer(np.arange(48), np.arange(40))[..., None] * [1, 2, 3]
+                   + rng.normal(0, 2, (48, 40, 3)), 0, 255).astype(np.uint8)
+  images.append(smooth)  # a gradient with noise, like a rendered frame
+  encoded = [png.encode(image) for image in images]
+  for image, data in zip(images, encoded):
+    np.testing.assert_array_equal(_pillow_decode(data), image)
+  monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("Pillow was used"))
+  for image, data in zip(images, encoded):
+    decoded = png.decode(data)
+    assert decoded.dtype == np.uint8 and decoded.shape == image.shape
+    np.testing.assert_array_equal(decoded, image)
+  assert len(encoded[-1]) < 0.8 * smooth.nbytes  # it compresses
+
+
+def test_png_other_files_decode_like_pillow():
+  """PNGs from elsewhere (Pillow's adaptive filters, grey, RGBA, 16-bit) and a file carrying
+  the marker but other filters, or rows mixing None and Up, decode as Pillow decodes them."""
+  rng = np.random.default_rng(12)
+  rgb = rng.integers(0, 256, (21, 17, 3), dtype=np.uint8)
+  files = []
+  for array in (rgb, np.ascontiguousarray(rgb[..., 0]),
+                rng.integers(0, 256, (21, 17, 4), dtype=np.uint8),
+                rng.integers(0, 65536, (21, 17), dtype=np.uint16)):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    files.append(buffer.getvalue())
+  pillow_rgb = files[0]
+  header_end = 8 + 25  # signature, IHDR
+  marked = pillow_rgb[:header_end] + _chunk(b"tEXt", png.MARKER) + pillow_rgb[header_end:]
+  files.append(marked)
+  # Rows filtered by hand: None on rows 0, 5 and 6, Up elsewhere.
+  flat = rgb.reshape(21, -1).astype(np.int16)
+  kinds = [0 if row in (0, 5, 6) else 2 for row in range(21)]
+  rows = b"".join(bytes([kind]) + ((flat[r] - flat[r - 1]) % 256 if kind else flat[r]).astype(
+      np.uint8).tobytes() for r, kind in enumerate(kinds))
+  mixed = (png.SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", 17, 21, 8, 2, 0, 0, 0))
+           + _chunk(b"tEXt", png.MARKER) + _chunk(b"IDAT", zlib.compress(rows))
+           + _chunk(b"IEND", b""))
+  files.append(mixed)
+  for data in files:
+    np.testing.assert_array_equal(png.decode(data), _pillow_decode(data))
+  np.testing.assert_array_equal(png.decode(mixed), rgb)
+  np.testing.assert_array_equal(png.decode(marked), rgb)
+
+
+@pytest.mark.parametrize("backend", ["zlib", "isal"])
+def test_png_bad_input_is_named(monkeypatch, backend):
+  _use_inflate(monkeypatch, backend)
+  with pytest.raises(ValueError, match="data/png.py: encode takes"):
+    png.encode(np.zeros((4, 4), np.uint8))
+  data = png.encode(np.full((8, 8, 3), 7, np.uint8))
+  idat = data.index(b"IDAT") + 4
+  flipped = data[:idat + 5] + bytes([data[idat + 5] ^ 0xFF]) + data[idat + 6:]
+  for broken in (data[:-30], b"not a png", data[:8], flipped):
+    with pytest.raises(ValueError, match="data/png.py: cannot decode"):
+      png.decode(broken)
