@@ -58,7 +58,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.dinov2 = dict(variant="vits14", path="", image_size=56, feature_blocks=(1,),
                     arch=dict(width=32, depth=2, num_heads=2, mlp_dim=64, pos_embed_grid=(4, 4)))
     c.render = dict(size=64, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0))
-    c.data.variant = "tiny"
+    c.data.variant = "demo"
     c.data.build_if_missing = True
     c.data.num_workers = 0
     c.batch_size = 4
@@ -68,6 +68,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.log_every = 5
     c.checkpoint_every = 10
     c.eval_every = 20
-    c.eval_images = 8
+    c.eval_images = 16
     c.preview_every = 20
   return c
