@@ -311,6 +311,7 @@ def validation_set(config, dataset) -> Tuple[np.ndarray, np.ndarray]:
   of each held-out video, at most `config.eval_images`."""
   from data import pairs  # pylint: disable=import-outside-toplevel
   from data.synthetic_heads import features  # pylint: disable=import-outside-toplevel
+  from data.synthetic_heads import ground_truth  # pylint: disable=import-outside-toplevel
   source = pairs.open_split(dataset, config.data.eval_split)
   size = config.model.image_size
   images, meshes = [], []
@@ -319,7 +320,7 @@ def validation_set(config, dataset) -> Tuple[np.ndarray, np.ndarray]:
     record = source[index]
     image = features.decode_image(record[features.IMAGE]).astype(np.float32) / 255.0
     images.append(np.asarray(jax.image.resize(image, (size, size, 3), "linear", antialias=True)))
-    meshes.append(np.asarray(record[features.GT_NEUTRAL_VERTICES], np.float64))
+    meshes.append(ground_truth.neutral_vertices(record))
     index += int(record[features.VIDEO_NUM_FRAMES])
   return np.stack(images), np.stack(meshes)
 

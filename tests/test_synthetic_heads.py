@@ -22,6 +22,7 @@ from data.synthetic_heads import configs
 from data.synthetic_heads import detector
 from data.synthetic_heads import expressions
 from data.synthetic_heads import features as F
+from data.synthetic_heads import ground_truth
 from sheap_jax import camera as camera_lib
 from sheap_jax import flame
 from sheap_jax import mesh_render
@@ -30,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = dataclasses.replace(
     configs.BUILDER_CONFIGS[0], name="test64", image_size=64, texture_size=128, supersample=2,
     num_train=2, num_validation=1, num_test=1, frames_per_video=4, emotion_probability=1.0,
-    occluder_probability=0.5,
+    occluder_probability=0.5, store_vertices=True,
     detector=detector.DetectorConfig(outlier_probability=0.05, failure_probability=0.1))
 
 # The build runs where `import tensorflow` fails: PathFinder reports it as not installed.
@@ -140,6 +141,11 @@ def test_ground_truth_matches_flame(built):
     np.testing.assert_allclose(r[F.GT_NEUTRAL_VERTICES], neutral, atol=2e-6)
     pixels, _ = _project(r, np.asarray(out.landmarks68[0], np.float64))
     np.testing.assert_allclose(r[F.GT_LANDMARKS], pixels, atol=2e-3)
+    # Configs that store no meshes get the same neutral mesh back from the parameters.
+    bare = {k: v for k, v in r.items() if k not in (F.GT_VERTICES, F.GT_NEUTRAL_VERTICES)}
+    np.testing.assert_allclose(ground_truth.neutral_vertices(bare), r[F.GT_NEUTRAL_VERTICES],
+                               atol=2e-6)
+    np.testing.assert_array_equal(ground_truth.neutral_vertices(r), r[F.GT_NEUTRAL_VERTICES])
 
 
 def _landmark_regions(static):
