@@ -4,7 +4,7 @@ Reads any dataset with the per-frame record layout of `data/synthetic_heads/feat
 (`synthetic_heads`, `video_folder`): records of a video are consecutive, and each record holds
 its `frame_index` and `video_num_frames`. A Grain dataset pipeline:
 
-  record ids of this process's shard, shuffled each epoch (seeded), repeated
+  record ids of this process's shard, shuffled afresh each epoch (seeded), repeated
     -> SamplePair: the record is the source frame; the target is a frame of the same video at
        a random gap 1..max_gap (either direction); only training fields are ever parsed
        (`TrainingFields`), so ground truth never leaves the files
@@ -20,6 +20,7 @@ the iterator's `get_state()` / `set_state()` resume it exactly.
 """
 import dataclasses
 import os
+import sys
 from typing import Optional, Tuple, Union
 
 from absl import flags
@@ -94,6 +95,43 @@ class TrainingFields:
       raise ValueError(f"data/pairs.py: record {index} has no {missing}; frame records need "
                        "the fields of data/synthetic_heads/features.py")
     return {key: record[key] for key in frame_features.TRAINING_KEYS}
+
+
+class ShuffledEpochs(grain.MapDataset):
+  """Element i is a record id: the ids in a new random order each epoch (permutation e of
+  epoch e = i // len(ids)), for `num_epochs` epochs or forever (None). A NumPy permutation per
+  epoch, made once, where Grain's `shuffle` runs a Feistel network per element (0.4 ms each
+  on a 64-record split)."""
+
+  def __init__(self, record_ids, seed: int, shuffle: bool, num_epochs: Optional[int]):
+    super().__init__()
+    self._ids = np.asarray(record_ids, np.int64)
+    self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
+    self._orders = {}  # epoch -> ids in that epoch's order; the latest two are kept
+
+  def __len__(self) -> int:
+    return sys.maxsize if self._num_epochs is None else len(self._ids) * self._num_epochs
+
+  def __str__(self) -> str:
+    return f"ShuffledEpochs({len(self._ids)} records, shuffle={self._shuffle})"
+
+  def _order(self, epoch: int) -> np.ndarray:
+    order = self._orders.get(epoch)
+    if order is None:  # threads may both compute it: the same array, no lock needed
+      order = self._ids
+      if self._shuffle:
+        order = order[np.random.default_rng([self._seed, epoch]).permutation(len(order))]
+      self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+      self._orders[epoch] = order
+    return order
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"data/pairs.py: element {index} outside {len(self)}")
+    epoch, position = divmod(index, len(self._ids))
+    return int(self._order(epoch)[position])
 
 
 class SamplePair(grain.RandomMapTransform):
@@ -260,11 +298,9 @@ def make_pair_dataset(data, *, split: str = "train", global_batch_size: int, see
   # Each shard (JAX process) reads records shard_index, shard_index + shard_count, ... and
   # draws from its own seed, so processes neither repeat each other's records nor draws.
   shard_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
-  records = grain.MapDataset.range(shard_index, per_shard * shard_count, shard_count)
-  records = records.seed(shard_seed)
-  if shuffle:
-    records = records.shuffle()  # a new order each epoch
-  pairs = (records.repeat(num_epochs)
+  records = ShuffledEpochs(range(shard_index, per_shard * shard_count, shard_count), shard_seed,
+                           shuffle, num_epochs)
+  pairs = (records.seed(shard_seed)
            .random_map(SamplePair(frames, max_gap))
            .random_map(AugmentPair(augmentation, image_size)))
   # Threads run the two maps above ahead of the batching; a few pairs each keep them busy.

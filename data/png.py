@@ -86,7 +86,7 @@ def _decode_up_filtered(png: bytes):
     return None
   rows = np.frombuffer(raw, np.uint8).reshape(height, stride)
   filters = rows[:, 0].tolist()
-  if any(f != _UP and f != _NO_FILTER for f in filters):
+  if not set(filters) <= {_UP, _NO_FILTER}:
     return None
   out = np.empty((height, 3 * width), np.uint8)
   out[0] = rows[0, 1:]  # Up on the first row adds the zeros above the image

@@ -162,6 +162,23 @@ def test_batching_applies_the_colour_change(monkeypatch):
         batch[key].unlink_on_del()  # what the receiving process does
 
 
+def test_shuffled_epochs_permute_the_records_afresh():
+  ids = np.arange(3, 40, 3)
+  order = pairs.ShuffledEpochs(ids, seed=9, shuffle=True, num_epochs=3)
+  assert len(order) == 3 * len(ids)
+  epochs = np.array([order[i] for i in range(len(order))]).reshape(3, len(ids))
+  for epoch in epochs:
+    np.testing.assert_array_equal(np.sort(epoch), ids)
+  assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+  again = pairs.ShuffledEpochs(ids, seed=9, shuffle=True, num_epochs=None)
+  assert [again[i] for i in range(len(order) - 1, -1, -1)] == epochs.ravel()[::-1].tolist()
+  assert [order[i] for i in range(1, 8, 3)] == list(order[1:8:3])  # Grain's slicing
+  plain = pairs.ShuffledEpochs(ids, seed=9, shuffle=False, num_epochs=2)
+  assert [plain[i] for i in range(len(plain))] == ids.tolist() * 2
+  with pytest.raises(IndexError, match="outside"):
+    order[len(order)]
+
+
 def test_shards_split_the_records():
   records = _records()
   seen = []
