@@ -8,8 +8,8 @@ frames_generated_per_s: frames of the `synthetic_heads` builder's tiny config pe
 `download_and_prepare` (rendering, the simulated detector, PNG encoding and writing).
 pairs_per_s: pairs per second out of `data.pairs.make_pair_iterator` at image_size^2 with
 augmentation, after a warm-up batch, median over runs, for each (worker processes, threads)
-setting; without workers also pairs per CPU second of the process (steadier on a shared,
-loaded machine). stage_ms: the CPU milliseconds of each step of the pipeline, one thread,
+setting; pairs_per_cpu_s: pairs per CPU second of the process and its workers (what the
+pipeline costs, steadier than wall time on a shared, loaded machine). stage_ms: the CPU milliseconds of each step of the pipeline, one thread,
 medians over many calls (the profile the settings above parallelise).
 When the dataset has ground-truth landmarks, also the recall of `sheap_jax.crop.detect_faces`
 on held-out splits (a detection whose IoU with the true 68-landmark box, mapped by
@@ -46,10 +46,31 @@ def build_synthetic(data_dir: str, config: str):
   return str(builder.data_path), frames / elapsed
 
 
+def _cpu_seconds() -> float:
+  """CPU seconds used so far by this process and its live descendants (Grain's workers),
+  from /proc (Linux); elsewhere this process alone."""
+  try:
+    ticks, usage = os.sysconf("SC_CLK_TCK"), {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          fields = f.read().rsplit(")", 1)[1].split()  # after "pid (name)"
+      except OSError:
+        continue  # the process ended meanwhile
+      usage[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+  except (OSError, ValueError, IndexError):
+    return time.process_time()
+  family = {os.getpid()}
+  for _ in range(3):  # children, grandchildren, great-grandchildren
+    family |= {pid for pid, (parent, _) in usage.items() if parent in family}
+  return sum(usage[pid][1] for pid in family if pid in usage)
+
+
 def pairs_per_second(data_dir: str, split: str, image_size: int, batch_size: int,
                      batches: int, runs: int, worker_count: int, num_threads: int):
-  """(pairs per wall second, pairs per CPU second of this process), medians over runs. The
-  second counts only this process's CPU: meaningful without workers."""
+  """(pairs per wall second, pairs per CPU second of this process and its workers), medians
+  over runs. On a loaded machine the second says what the pipeline costs; the first, what it
+  got."""
   wall_rates, cpu_rates = [], []
   for run in range(runs):
     iterator = pairs.make_pair_iterator(
@@ -57,13 +78,12 @@ def pairs_per_second(data_dir: str, split: str, image_size: int, batch_size: int
         image_size=image_size, worker_count=worker_count, num_threads=num_threads,
         num_local_devices=1)
     next(iterator)  # warm-up: worker start, first reads
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu = time.perf_counter(), _cpu_seconds()
     for _ in range(batches):
       next(iterator)
     wall_rates.append(batches * batch_size / (time.perf_counter() - wall))
-    cpu_rates.append(batches * batch_size / (time.process_time() - cpu))
-    if hasattr(iterator, "close"):
-      iterator.close()  # stops worker processes now rather than at garbage collection
+    cpu_rates.append(batches * batch_size / (_cpu_seconds() - cpu))
+    iterator.close()  # stops worker processes and threads now rather than at exit
   return float(np.median(wall_rates)), float(np.median(cpu_rates))
 
 
@@ -195,10 +215,8 @@ def main(argv=None):
       workers, threads = (int(v) for v in setting.split(":"))
       rate, per_cpu = pairs_per_second(data_dir, args.split, args.image_size, args.batch_size,
                                        args.batches, args.runs, workers, threads)
-      record = {"pairs_per_s": rate, "worker_count": workers, "num_threads": threads}
-      if not workers:
-        record["pairs_per_cpu_s"] = per_cpu
-      records.append(record)
+      records.append({"pairs_per_s": rate, "pairs_per_cpu_s": per_cpu,
+                      "worker_count": workers, "num_threads": threads})
     held_out = [d for split in args.recall_splits.split(",")
                 for d in (detections(data_dir, split, args.recall_frames) or [])]
     recall = detector_recall(held_out) if held_out else None
@@ -222,7 +240,7 @@ def main(argv=None):
         f"{'frames generated/s':>19}")
   for r in records:
     generated = "-" if frames_per_s is None else f"{frames_per_s:.1f}"
-    per_cpu = f"{r['pairs_per_cpu_s']:.1f}" if "pairs_per_cpu_s" in r else "-"
+    per_cpu = f"{r['pairs_per_cpu_s']:.1f}"
     print(f"{r['worker_count']:>8} {r['num_threads']:>8} {r['pairs_per_s']:>9.1f} "
           f"{per_cpu:>12} {generated:>19}")
   print("CPU ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
