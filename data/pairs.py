@@ -152,9 +152,10 @@ class SamplePair(grain.RandomMapTransform):
     if count < 2:
       raise ValueError(f"data/pairs.py: record {element} is in a video of {count} frame(s); "
                        "pairs need videos of at least 2 frames")
-    gaps = np.arange(-self._max_gap, self._max_gap + 1)
-    targets = frame + gaps[(gaps != 0) & (frame + gaps >= 0) & (frame + gaps < count)]
-    target_frame = int(rng.choice(targets))
+    # Uniform over the frames within max_gap of this one, in the video, other than itself.
+    first, last = max(frame - self._max_gap, 0), min(frame + self._max_gap, count - 1)
+    target_frame = first + int(rng.integers(last - first))
+    target_frame += target_frame >= frame
     index = int(element) - frame + target_frame
     partner = self._frames[index] if 0 <= index < len(self._frames) else None
     if (partner is None or partner[frame_features.VIDEO_ID] != record[frame_features.VIDEO_ID]
