@@ -8,9 +8,10 @@ frames_generated_per_s: frames of the `synthetic_heads` builder's tiny config pe
 `download_and_prepare` (rendering, the simulated detector, PNG encoding and writing).
 pairs_per_s: pairs per second out of `data.pairs.make_pair_iterator` at image_size^2 with
 augmentation, after a warm-up batch, median over runs, for each (worker processes, threads)
-setting; pairs_per_cpu_s: pairs per CPU second of the process and its workers (what the
-pipeline costs, steadier than wall time on a shared, loaded machine). stage_ms: the CPU milliseconds of each step of the pipeline, one thread,
-medians over many calls (the profile the settings above parallelise).
+setting, with the load average just before; pairs_per_cpu_s: pairs per CPU second of the
+process and its workers (what the pipeline costs, steadier than wall time on a shared, loaded
+machine). stage_ms: the CPU milliseconds of each step of the pipeline on one thread, medians
+over many calls (the work the settings above spread over cores).
 When the dataset has ground-truth landmarks, also the recall of `sheap_jax.crop.detect_faces`
 on held-out splits (a detection whose IoU with the true 68-landmark box, mapped by
 `landmark_box_from_detection`, is >= 0.5) and, fitted on the training split, the
@@ -213,10 +214,11 @@ def main(argv=None):
     records = []
     for setting in args.settings.split(","):
       workers, threads = (int(v) for v in setting.split(":"))
+      load = os.getloadavg()[0]  # other jobs' share of the cores, just before
       rate, per_cpu = pairs_per_second(data_dir, args.split, args.image_size, args.batch_size,
                                        args.batches, args.runs, workers, threads)
       records.append({"pairs_per_s": rate, "pairs_per_cpu_s": per_cpu,
-                      "worker_count": workers, "num_threads": threads})
+                      "worker_count": workers, "num_threads": threads, "load_average": load})
     held_out = [d for split in args.recall_splits.split(",")
                 for d in (detections(data_dir, split, args.recall_frames) or [])]
     recall = detector_recall(held_out) if held_out else None
@@ -229,22 +231,20 @@ def main(argv=None):
             "device": f"cpu ({platform.processor() or platform.machine()}, "
                       f"{os.cpu_count()} cores)",
             "dataset": os.path.relpath(data_dir, scratch) if args.data_dir is None else data_dir,
-            "batch_size": args.batch_size, "load_average": os.getloadavg()[0],
-            "stage_ms": stages}
+            "batch_size": args.batch_size, "stage_ms": stages}
   if recall is not None:
     common.update(detector_recall=recall[0], detector_found=recall[1],
                   detector_median_iou=recall[2], detector_frames=len(held_out),
                   detector_to_landmarks_fitted=fitted)
   records = [dict(common, **r) for r in records]
-  print(f"{'workers':>8} {'threads':>8} {'pairs/s':>9} {'pairs/CPU s':>12} "
+  print(f"{'workers':>8} {'threads':>8} {'pairs/s':>9} {'pairs/CPU s':>12} {'load':>5} "
         f"{'frames generated/s':>19}")
   for r in records:
     generated = "-" if frames_per_s is None else f"{frames_per_s:.1f}"
-    per_cpu = f"{r['pairs_per_cpu_s']:.1f}"
     print(f"{r['worker_count']:>8} {r['num_threads']:>8} {r['pairs_per_s']:>9.1f} "
-          f"{per_cpu:>12} {generated:>19}")
+          f"{r['pairs_per_cpu_s']:>12.1f} {r['load_average']:>5.1f} {generated:>19}")
   print("CPU ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
-  print(f"load average {common['load_average']:.1f} on {os.cpu_count()} cores")
+  print(f"load: 1-minute load average before each setting, on {os.cpu_count()} cores")
   if recall is not None:
     print(f"detector on {len(held_out)} held-out frames: recall (IoU >= 0.5) {recall[0]:.3f}, "
           f"found {recall[1]:.3f}, median IoU {recall[2]:.3f}")
