@@ -8,9 +8,9 @@ frames_generated_per_s: frames of the `synthetic_heads` builder's tiny config pe
 `download_and_prepare` (rendering, the simulated detector, PNG encoding and writing).
 pairs_per_s: pairs per second out of `data.pairs.make_pair_iterator` at image_size^2 with
 augmentation, after a warm-up batch, median over runs, for each (worker processes, threads)
-setting, with the load average just before; pairs_per_cpu_s: pairs per CPU second of the
-process and its workers (what the pipeline costs, steadier than wall time on a shared, loaded
-machine). stage_ms: the CPU milliseconds of each step of the pipeline on one thread, medians
+setting (runs take the settings in turn), with the median load average just before;
+pairs_per_cpu_s: pairs per CPU second of the process and its workers (what the pipeline
+costs, steadier than wall time on a shared, loaded machine). stage_ms: the CPU milliseconds of each step of the pipeline on one thread, medians
 over many calls (the work the settings above spread over cores).
 When the dataset has ground-truth landmarks, also the recall of `sheap_jax.crop.detect_faces`
 on held-out splits (a detection whose IoU with the true 68-landmark box, mapped by
@@ -68,24 +68,22 @@ def _cpu_seconds() -> float:
 
 
 def pairs_per_second(data_dir: str, split: str, image_size: int, batch_size: int,
-                     batches: int, runs: int, worker_count: int, num_threads: int):
-  """(pairs per wall second, pairs per CPU second of this process and its workers), medians
-  over runs. On a loaded machine the second says what the pipeline costs; the first, what it
-  got."""
-  wall_rates, cpu_rates = [], []
-  for run in range(runs):
-    iterator = pairs.make_pair_iterator(
-        data_dir, split=split, global_batch_size=batch_size, seed=run, max_gap=4, augment=True,
-        image_size=image_size, worker_count=worker_count, num_threads=num_threads,
-        num_local_devices=1)
-    next(iterator)  # warm-up: worker start, first reads
-    wall, cpu = time.perf_counter(), _cpu_seconds()
-    for _ in range(batches):
-      next(iterator)
-    wall_rates.append(batches * batch_size / (time.perf_counter() - wall))
-    cpu_rates.append(batches * batch_size / (_cpu_seconds() - cpu))
-    iterator.close()  # stops worker processes and threads now rather than at exit
-  return float(np.median(wall_rates)), float(np.median(cpu_rates))
+                     batches: int, seed: int, worker_count: int, num_threads: int):
+  """(pairs per wall second, pairs per CPU second of this process and its workers) over
+  `batches` batches after a warm-up one. On a loaded machine the second says what the
+  pipeline costs; the first, what it got."""
+  iterator = pairs.make_pair_iterator(
+      data_dir, split=split, global_batch_size=batch_size, seed=seed, max_gap=4, augment=True,
+      image_size=image_size, worker_count=worker_count, num_threads=num_threads,
+      num_local_devices=1)
+  next(iterator)  # warm-up: worker start, first reads
+  wall, cpu = time.perf_counter(), _cpu_seconds()
+  for _ in range(batches):
+    next(iterator)
+  rates = (batches * batch_size / (time.perf_counter() - wall),
+           batches * batch_size / (_cpu_seconds() - cpu))
+  iterator.close()  # stops worker processes and threads now rather than at exit
+  return rates
 
 
 def _cpu_ms(function, items, repeats: int = 3) -> float:
@@ -195,7 +193,7 @@ def main(argv=None):
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--batches", type=int, default=8)
-  parser.add_argument("--runs", type=int, default=3)
+  parser.add_argument("--runs", type=int, default=5)
   parser.add_argument("--settings", default="0:0,0:2,2:0,2:1",
                       help="comma-separated worker_count:num_threads settings to time")
   parser.add_argument("--recall_frames", type=int, default=200, help="per split")
@@ -211,14 +209,21 @@ def main(argv=None):
     if data_dir is None:
       data_dir, frames_per_s = build_synthetic(scratch, args.config)
     stages = stage_costs(data_dir, args.split, args.image_size, args.batch_size)
+    # Runs take the settings in turn, so every setting meets the same mix of other jobs.
+    settings = [tuple(int(v) for v in setting.split(":")) for setting in args.settings.split(",")]
+    measured = {setting: [] for setting in settings}
+    for run in range(args.runs):
+      for setting in settings:
+        load = os.getloadavg()[0]  # other jobs' share of the cores, just before
+        measured[setting].append((load,) + pairs_per_second(
+            data_dir, args.split, args.image_size, args.batch_size, args.batches, run,
+            *setting))
     records = []
-    for setting in args.settings.split(","):
-      workers, threads = (int(v) for v in setting.split(":"))
-      load = os.getloadavg()[0]  # other jobs' share of the cores, just before
-      rate, per_cpu = pairs_per_second(data_dir, args.split, args.image_size, args.batch_size,
-                                       args.batches, args.runs, workers, threads)
+    for (workers, threads), runs in measured.items():
+      load, rate, per_cpu = np.median(np.array(runs), axis=0).tolist()
       records.append({"pairs_per_s": rate, "pairs_per_cpu_s": per_cpu,
-                      "worker_count": workers, "num_threads": threads, "load_average": load})
+                      "worker_count": workers, "num_threads": threads, "load_average": load,
+                      "pairs_per_s_runs": [r[1] for r in runs]})
     held_out = [d for split in args.recall_splits.split(",")
                 for d in (detections(data_dir, split, args.recall_frames) or [])]
     recall = detector_recall(held_out) if held_out else None
@@ -244,7 +249,8 @@ def main(argv=None):
     print(f"{r['worker_count']:>8} {r['num_threads']:>8} {r['pairs_per_s']:>9.1f} "
           f"{r['pairs_per_cpu_s']:>12.1f} {r['load_average']:>5.1f} {generated:>19}")
   print("CPU ms per step: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
-  print(f"load: 1-minute load average before each setting, on {os.cpu_count()} cores")
+  print(f"medians of {args.runs} runs; load: 1-minute load average before a run, on "
+        f"{os.cpu_count()} cores")
   if recall is not None:
     print(f"detector on {len(held_out)} held-out frames: recall (IoU >= 0.5) {recall[0]:.3f}, "
           f"found {recall[1]:.3f}, median IoU {recall[2]:.3f}")
