@@ -24,6 +24,7 @@ import sys
 from typing import Optional, Tuple, Union
 
 from absl import flags
+import grain.experimental as grain_experimental
 import grain.python as grain
 import jax
 import numpy as np
@@ -317,6 +318,10 @@ def make_pair_dataset(data, *, split: str = "train", global_batch_size: int, see
     # scripts, notebooks): take their defaults.
     flags.FLAGS.mark_as_parsed()
   batches.enable_shared_memory_output()
+  # The small arrays (landmarks, ids) cost less pickled than as shared-memory segments of their
+  # own (one create, open and unlink each per batch).
+  batches = grain_experimental.WithOptionsIterDataset(
+      batches, grain_experimental.DatasetOptions(min_shm_size=1 << 20))
   return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
 
 

@@ -127,6 +127,28 @@ def test_stream_does_not_depend_on_threads():
       np.testing.assert_array_equal(a[key], b[key])
 
 
+def test_a_worker_process_gives_the_same_stream_and_resumes():
+  """With one worker process the batches (images through shared memory) equal the in-process
+  ones, and a state taken there restores exactly."""
+  records = _records()
+  local = _take(pairs.make_pair_iterator(records, **_loader_kwargs(augment=True)), 3)
+  iterator = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True, worker_count=1))
+  first = next(iterator)
+  state = json.loads(json.dumps(iterator.get_state()))
+  rest = _take(iterator, 2)
+  iterator.close()
+  resumed = pairs.make_pair_iterator(records, **_loader_kwargs(augment=True, worker_count=1))
+  resumed.set_state(state)
+  again = _take(resumed, 2)
+  resumed.close()
+  for a, b in zip(local, [first] + rest):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  for a, b in zip(rest, again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_batching_applies_the_colour_change(monkeypatch):
   """BatchPairs turns uint8 levels into (level / 255 * gain - 0.5) * contrast + 0.5, clipped
   to [0, 1], split over devices; the same into Grain's shared memory when asked."""
