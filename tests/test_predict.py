@@ -1,0 +1,230 @@
+"""Prediction from a tiny training checkpoint (never trained: init_state + save_checkpoint, on the
+built-in head saved as a FLAME `.npz` that the checkpoint's config names): the checkpoint
+predictor against a direct apply of the networks, and `python -m sheap_jax.predict` on a folder
+of good and bad inputs and on a video."""
+import dataclasses
+import os
+
+import av
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import trimesh
+
+from sheap_jax import camera
+from sheap_jax import checkpoint_predictor
+from sheap_jax import crop
+from sheap_jax import flame
+from sheap_jax import flame_io
+from sheap_jax import head_model
+from sheap_jax import mesh_render
+from sheap_jax import objective
+from sheap_jax import predict
+from sheap_jax import predictors
+from sheap_jax import rigging
+from sheap_jax import shading
+from sheap_jax import train
+from tests.test_export import read_vertex_ply
+from tests.test_objective import perturbed_params, small_config
+
+FRAME_W, FRAME_H, HEAD_PX = 160, 128, 96
+CROP = 48  # --crop_size of the CLI runs
+VIDEO_OFFSETS = [(20, 10), (26, 14), (32, 20)]
+
+
+def head_picture(assets):
+  """A 96 px render of the built-in head with hair, lips and dark eyes (the LBP detector finds
+  it, as in tests/test_video_folder.py)."""
+  model = flame.FlameModel.from_assets(assets, n_shape=1, n_expr=1)
+  masks = assets["masks"]
+  colors = np.tile(np.array([0.85, 0.65, 0.52], np.float32), (model.num_vertices, 1))
+  colors[masks["scalp"]] = (0.2, 0.13, 0.08)
+  colors[masks["lips"]] = (0.7, 0.3, 0.3)
+  for eye in ("left_eyeball", "right_eyeball"):
+    colors[masks[eye]] = (0.1, 0.07, 0.05)
+  out = flame.flame_forward(model, flame.FlameParams.zeros(1, 1, 1))
+  image = mesh_render.render_mesh(
+      out.vertices[0], model.faces, camera.default_camera(HEAD_PX, HEAD_PX),
+      vertex_colors=colors, cull_backfaces=True,
+      sh_coeffs=shading.ambient_directional_sh(0.5, 0.6, (0.3, -0.5, -1.0)),
+      background=np.array([0.3, 0.5, 0.4], np.float32))
+  return (np.clip(np.asarray(image.color), 0, 1) * 255).astype(np.uint8)
+
+
+def frame_with_head(patch, x, y):
+  frame = np.empty((FRAME_H, FRAME_W, 3), np.uint8)
+  frame[...] = (77, 128, 102)
+  frame[y:y + HEAD_PX, x:x + HEAD_PX] = patch
+  return frame
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """(workdir, predictor, head picture): the checkpoint's params are perturbed from their
+  initialisation so that every head of the predictor gives non-zero outputs."""
+  root = tmp_path_factory.mktemp("predict")
+  assets = head_model.build_head_assets()
+  flame_io.save_flame(str(root / "head.npz"), assets)
+  config = small_config()
+  config.flame_path = str(root / "head.npz")
+  networks = objective.build_networks(config)
+  with pytest.warns(UserWarning, match="random initialisation"):
+    frozen = objective.build_frozen(config, objective.load_flame_model(config))
+  optimizer = train.make_optimizer(config)
+  state = train.init_state(networks, frozen, config, optimizer)
+  state = state.replace(params=perturbed_params(state.params, np.random.default_rng(0)))
+  workdir = str(root / "workdir")
+  manager = train.checkpoint_manager(workdir, config)
+  train.save_checkpoint(manager, state, {"index": 0}, config)
+  manager.close()
+  with pytest.warns(UserWarning, match="random initialisation"):
+    model = checkpoint_predictor.load(workdir)
+  return workdir, model, (networks, frozen, state.params), head_picture(assets)
+
+
+def test_checkpoint_predictor_equals_direct_apply(setup, tmp_path):
+  workdir, model, (networks, frozen, params), _ = setup
+  assert model.step == 0 and model.image_size == 32
+  images = np.random.default_rng(3).random((2, 64, 64, 3)).astype(np.float32)
+  out = model.predict(images, avatar=True)
+
+  resized = jax.image.resize(jnp.asarray(images), (2, 32, 32, 3), "linear", antialias=True)
+  direct = networks.predictor.apply({"params": params["predictor"]}, resized)
+  for field in ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eye_pose",
+                "eyelids"):
+    np.testing.assert_allclose(getattr(out.flame, field), getattr(direct, field), atol=1e-6)
+  np.testing.assert_allclose(out.camera_translation, direct.camera_translation, atol=1e-6)
+  assert np.abs(np.asarray(direct.shape)).max() > 1e-3  # the perturbed heads are not zero
+  flame_params = dataclasses.replace(out.flame, translation=jnp.zeros((2, 3)))
+  mesh = flame.flame_forward(frozen.flame, flame_params)
+  np.testing.assert_allclose(out.vertices, mesh.vertices, atol=1e-6)
+
+  dinov2_input = jax.image.resize(resized, (2, 28, 28, 3), "linear", antialias=True)
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet
+  tokens = networks.dinov2.apply({"params": frozen.dinov2},
+                                 (dinov2_input - mean) / std).patch_tokens
+  local = networks.regressor.apply({"params": params["regressor"]}, direct.identity, tokens,
+                                   frozen.layout)
+  splats = rigging.rig_gaussians(local, mesh.vertices, frozen.flame.faces)
+  for field in ("means", "quats", "scales", "opacities", "features"):
+    np.testing.assert_allclose(getattr(out.splats, field), getattr(splats, field), atol=1e-5)
+
+  # A `predictors.Predictor`, as `evaluate --predictor checkpoint:DIR` loads it.
+  with pytest.warns(UserWarning, match="random initialisation"):
+    loaded = predictors.get_predictor(f"checkpoint:{workdir}")
+  np.testing.assert_allclose(loaded(images, {}).shape, direct.shape, atol=1e-6)
+  with pytest.raises(ValueError, match="holds no checkpoint"):
+    checkpoint_predictor.load(str(tmp_path))
+
+
+def _run(capsys, *args):
+  code = predict.main(list(args) + ["--crop_size", str(CROP), "--batch_size", "2", "--quiet"])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path, capsys):
+  workdir, model, _, patch = setup
+  inputs = tmp_path / "inputs"
+  inputs.mkdir()
+  good = frame_with_head(patch, 30, 16)
+  Image.fromarray(good).save(inputs / "good.png")
+  Image.fromarray(frame_with_head(patch, 40, 24)).save(inputs / "good2.jpg", quality=95)
+  jpeg = (inputs / "good2.jpg").read_bytes()
+  (inputs / "corrupt.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (inputs / "notes.png").write_text("this is text, not a picture\n")
+  Image.fromarray(np.full((FRAME_H, FRAME_W, 3), 128, np.uint8)).save(inputs / "faceless.png")
+
+  with pytest.warns(UserWarning, match="random initialisation"):
+    code, out, err = _run(capsys, "--checkpoint", workdir, "--input", str(inputs), "--output",
+                          str(tmp_path / "out"))
+  assert code == 0
+  assert "Traceback" not in out + err
+  lines = err.strip().splitlines()
+  assert len(lines) == 3, err
+  for name, reason in (("corrupt.jpg", "unreadable image"), ("notes.png", "not an image"),
+                       ("faceless.png", "no face found")):
+    assert sum(name in line for line in lines) == 1
+    assert any(name in line and reason in line for line in lines), (name, err)
+  assert "2 of 5 inputs done, 3 skipped" in out and "frames/s" in out
+  assert sorted(os.listdir(tmp_path / "out")) == ["good", "good2"]
+  for name in ("good", "good2"):
+    files = sorted(os.listdir(tmp_path / "out" / name))
+    assert files == ["gaussians.ply", "mesh.obj", "mesh.ply", "overlay.png", "params.json",
+                     "params.npz"]
+    assert Image.open(tmp_path / "out" / name / "overlay.png").size == (3 * CROP, CROP)
+
+  # The stored results are the model's on SHeaP's crop of the detected face.
+  result = tmp_path / "out" / "good"
+  params = np.load(result / "params.npz")
+  box = predict.face_box(good)
+  np.testing.assert_allclose(params["crop_box"], box, atol=1e-4)
+  expected = model.predict(crop.crop_image(good, box, CROP)[None].astype(np.float32) / 255,
+                           avatar=True)
+  np.testing.assert_allclose(params["shape"], expected.flame.shape[0], atol=1e-5)
+  np.testing.assert_allclose(params["camera_translation"], expected.camera_translation[0],
+                             atol=1e-5)
+  vertices = np.asarray(flame.flame_forward(model.flame_model, flame.FlameParams(
+      **{f.name: jnp.asarray(params[f.name])[None]
+         for f in dataclasses.fields(flame.FlameParams)})).vertices[0])
+  for mesh_file in ("mesh.obj", "mesh.ply"):
+    mesh = trimesh.load(str(result / mesh_file), process=False, maintain_order=True)
+    np.testing.assert_array_equal(mesh.faces, model.faces)
+    np.testing.assert_allclose(mesh.vertices, vertices, atol=2e-6)
+  _, records = read_vertex_ply(str(result / "gaussians.ply"))
+  np.testing.assert_allclose(np.stack([records[a] for a in "xyz"], 1), expected.splats.means[0],
+                             atol=2e-6)
+  np.testing.assert_allclose(1 / (1 + np.exp(-records["opacity"])),
+                             expected.splats.opacities[0], atol=1e-5)
+  # Landmarks: projected by the crop camera, then mapped back to the input's pixels.
+  cam = checkpoint_predictor.crop_cameras(expected.camera_translation, CROP)
+  in_crop, _ = camera.project_points(
+      camera.Camera(K=cam.K[0], viewmat=cam.viewmat[0], width=CROP, height=CROP),
+      expected.landmarks[0])
+  side = (box[2] - box[0]) / CROP
+  np.testing.assert_allclose(params["landmarks68"], (np.asarray(in_crop) + 0.5) * side + box[:2],
+                             atol=1e-3)
+
+
+def test_predict_without_usable_input_or_checkpoint_fails_cleanly(setup, tmp_path, capsys):
+  workdir = setup[0]
+  (tmp_path / "notes.png").write_text("text")
+  with pytest.warns(UserWarning, match="random initialisation"):
+    code, out, err = _run(capsys, "--checkpoint", workdir, "--input",
+                          str(tmp_path / "notes.png"), "--output", str(tmp_path / "out"))
+  assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+  code, out, err = _run(capsys, "--checkpoint", str(tmp_path), "--input",
+                        str(tmp_path / "notes.png"), "--output", str(tmp_path / "out"))
+  assert code == 2 and "holds no checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_video_writes_one_overlay_frame_per_input_frame(setup, tmp_path, capsys):
+  workdir, _, _, patch = setup
+  path = str(tmp_path / "clip.mp4")
+  with av.open(path, "w") as container:
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = FRAME_W, FRAME_H, "yuv420p"
+    for x, y in VIDEO_OFFSETS:
+      frame = av.VideoFrame.from_ndarray(frame_with_head(patch, x, y), format="rgb24")
+      container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+  with pytest.warns(UserWarning, match="random initialisation"):
+    code, out, err = _run(capsys, "--checkpoint", workdir, "--input", path, "--output",
+                          str(tmp_path / "out"))
+  assert code == 0 and err == "", err
+  result = tmp_path / "out" / "clip"
+  with av.open(str(result / "overlay.mp4")) as container:
+    frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+  assert len(frames) == len(VIDEO_OFFSETS)
+  assert frames[0].shape == (CROP, 3 * CROP, 3)
+  params = np.load(result / "params.npz")
+  assert params["shape"].shape == (len(VIDEO_OFFSETS), 8)
+  np.testing.assert_array_equal(params["frame_index"], np.arange(len(VIDEO_OFFSETS)))
+  # Boxes follow the head and are smoothed: b_t = 0.3 box_t + 0.7 b_{t-1}.
+  boxes = params["crop_box"]
+  assert np.all(np.diff(boxes[:, 0]) > 0)
+  meshes = np.load(result / "meshes.npz")
+  assert meshes["vertices"].shape[0] == len(VIDEO_OFFSETS)
