@@ -1,8 +1,9 @@
-"""Prediction from a tiny training checkpoint (never trained: init_state + save_checkpoint, on the
-built-in head saved as a FLAME `.npz` that the checkpoint's config names): the checkpoint
-predictor against a direct apply of the networks, and `python -m sheap_jax.predict` on a folder
-of good and bad inputs and on a video."""
+"""Prediction from a tiny training checkpoint (never trained: init_state + save_checkpoint; the
+tests' small FLAME-format model saved as the `.npz` that the checkpoint's config names): the
+checkpoint predictor against a direct apply of the networks, and `python -m sheap_jax.predict`
+on a folder of good and bad inputs and on a video (windows of a real photo, so the face detector runs)."""
 import dataclasses
+import functools
 import os
 
 import av
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
+from skimage import data as skimage_data
 import trimesh
 
 from sheap_jax import camera
@@ -18,57 +20,57 @@ from sheap_jax import checkpoint_predictor
 from sheap_jax import crop
 from sheap_jax import flame
 from sheap_jax import flame_io
-from sheap_jax import head_model
-from sheap_jax import mesh_render
 from sheap_jax import objective
 from sheap_jax import predict
 from sheap_jax import predictors
 from sheap_jax import rigging
-from sheap_jax import shading
 from sheap_jax import train
 from tests.test_export import read_vertex_ply
-from tests.test_objective import perturbed_params, small_config
+from tests.test_objective import perturbed_params, small_config, small_flame_model
 
-FRAME_W, FRAME_H, HEAD_PX = 160, 128, 96
+FRAME_W, FRAME_H = 160, 128
 CROP = 48  # --crop_size of the CLI runs
-VIDEO_OFFSETS = [(20, 10), (26, 14), (32, 20)]
+VIDEO_OFFSETS = [(40, 0), (30, 4), (20, 8)]
 
 
-def head_picture(assets):
-  """A 96 px render of the built-in head with hair, lips and dark eyes (the LBP detector finds
-  it, as in tests/test_video_folder.py)."""
-  model = flame.FlameModel.from_assets(assets, n_shape=1, n_expr=1)
-  masks = assets["masks"]
-  colors = np.tile(np.array([0.85, 0.65, 0.52], np.float32), (model.num_vertices, 1))
-  colors[masks["scalp"]] = (0.2, 0.13, 0.08)
-  colors[masks["lips"]] = (0.7, 0.3, 0.3)
-  for eye in ("left_eyeball", "right_eyeball"):
-    colors[masks[eye]] = (0.1, 0.07, 0.05)
-  out = flame.flame_forward(model, flame.FlameParams.zeros(1, 1, 1))
-  image = mesh_render.render_mesh(
-      out.vertices[0], model.faces, camera.default_camera(HEAD_PX, HEAD_PX),
-      vertex_colors=colors, cull_backfaces=True,
-      sh_coeffs=shading.ambient_directional_sh(0.5, 0.6, (0.3, -0.5, -1.0)),
-      background=np.array([0.3, 0.5, 0.4], np.float32))
-  return (np.clip(np.asarray(image.color), 0, 1) * 255).astype(np.uint8)
+def flame_assets(model: flame.FlameModel) -> dict:
+  """The FLAME file contents that load back as `model` (shapedirs padded to FLAME's 300 shape
+  components before the expression ones)."""
+  num_v = model.num_vertices
+  padding = np.zeros((num_v, 3, flame.FLAME_NUM_SHAPE - model.shapedirs.shape[-1]), np.float32)
+  parents = np.array(model.parents)
+  return {
+      "v_template": np.asarray(model.v_template),
+      "shapedirs": np.concatenate([model.shapedirs, padding, model.exprdirs], axis=-1),
+      "posedirs": np.asarray(model.posedirs), "J_regressor": np.asarray(model.j_regressor),
+      "weights": np.asarray(model.lbs_weights), "f": np.asarray(model.faces),
+      "kintree_table": np.stack([np.where(parents < 0, 2**32 - 1, parents),
+                                 np.arange(len(parents))]),
+      "eyelids": np.asarray(model.eyelid_dirs),
+      "landmark_embedding": {
+          "static_lmk_faces_idx": np.asarray(model.static_lmk_faces),
+          "static_lmk_bary_coords": np.asarray(model.static_lmk_bary),
+          "dynamic_lmk_faces_idx": np.asarray(model.contour_lmk_faces),
+          "dynamic_lmk_bary_coords": np.asarray(model.contour_lmk_bary),
+          "full_lmk_faces_idx": np.asarray(model.full_lmk_faces)[None],
+          "full_lmk_bary_coords": np.asarray(model.full_lmk_bary)[None]}}
 
 
-def frame_with_head(patch, x, y):
-  frame = np.empty((FRAME_H, FRAME_W, 3), np.uint8)
-  frame[...] = (77, 128, 102)
-  frame[y:y + HEAD_PX, x:x + HEAD_PX] = patch
-  return frame
+def photo_frame(x, y):
+  """A FRAME_W x FRAME_H window at (x, y) of scikit-image's astronaut photo (bundled, offline)
+  shrunk to 256 px: a real face the LBP detector finds."""
+  photo = np.asarray(Image.fromarray(skimage_data.astronaut()).resize((256, 256), Image.BILINEAR))
+  return np.ascontiguousarray(photo[y:y + FRAME_H, x:x + FRAME_W])
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  """(workdir, predictor, head picture): the checkpoint's params are perturbed from their
-  initialisation so that every head of the predictor gives non-zero outputs."""
+  """(workdir, its predictor, (networks, frozen, saved params)): the params are perturbed from
+  their initialisation so that every head of the predictor gives non-zero outputs."""
   root = tmp_path_factory.mktemp("predict")
-  assets = head_model.build_head_assets()
-  flame_io.save_flame(str(root / "head.npz"), assets)
+  flame_io.save_flame(str(root / "small_flame.npz"), flame_assets(small_flame_model()))
   config = small_config()
-  config.flame_path = str(root / "head.npz")
+  config.flame_path = str(root / "small_flame.npz")
   networks = objective.build_networks(config)
   with pytest.warns(UserWarning, match="random initialisation"):
     frozen = objective.build_frozen(config, objective.load_flame_model(config))
@@ -81,33 +83,41 @@ def setup(tmp_path_factory):
   manager.close()
   with pytest.warns(UserWarning, match="random initialisation"):
     model = checkpoint_predictor.load(workdir)
-  return workdir, model, (networks, frozen, state.params), head_picture(assets)
+  return workdir, model, (networks, frozen, state.params)
 
 
-def test_checkpoint_predictor_equals_direct_apply(setup, tmp_path):
-  workdir, model, (networks, frozen, params), _ = setup
-  assert model.step == 0 and model.image_size == 32
-  images = np.random.default_rng(3).random((2, 64, 64, 3)).astype(np.float32)
-  out = model.predict(images, avatar=True)
-
-  resized = jax.image.resize(jnp.asarray(images), (2, 32, 32, 3), "linear", antialias=True)
+def direct_apply(networks, params, frozen, images):
+  """The networks applied by hand to 64 px images: (predictor output, FLAME mesh, splats)."""
+  resized = jax.image.resize(images, (len(images), 32, 32, 3), "linear", antialias=True)
   direct = networks.predictor.apply({"params": params["predictor"]}, resized)
-  for field in ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eye_pose",
-                "eyelids"):
-    np.testing.assert_allclose(getattr(out.flame, field), getattr(direct, field), atol=1e-6)
-  np.testing.assert_allclose(out.camera_translation, direct.camera_translation, atol=1e-6)
-  assert np.abs(np.asarray(direct.shape)).max() > 1e-3  # the perturbed heads are not zero
-  flame_params = dataclasses.replace(out.flame, translation=jnp.zeros((2, 3)))
+  flame_params = flame.FlameParams(
+      shape=direct.shape, expression=direct.expression, global_pose=direct.global_pose,
+      neck_pose=direct.neck_pose, jaw_pose=direct.jaw_pose, eye_pose=direct.eye_pose,
+      eyelids=direct.eyelids, translation=jnp.zeros((len(images), 3)))
   mesh = flame.flame_forward(frozen.flame, flame_params)
-  np.testing.assert_allclose(out.vertices, mesh.vertices, atol=1e-6)
-
-  dinov2_input = jax.image.resize(resized, (2, 28, 28, 3), "linear", antialias=True)
+  dinov2_input = jax.image.resize(resized, (len(images), 28, 28, 3), "linear", antialias=True)
   mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])  # ImageNet
   tokens = networks.dinov2.apply({"params": frozen.dinov2},
                                  (dinov2_input - mean) / std).patch_tokens
   local = networks.regressor.apply({"params": params["regressor"]}, direct.identity, tokens,
                                    frozen.layout)
-  splats = rigging.rig_gaussians(local, mesh.vertices, frozen.flame.faces)
+  return direct, mesh, rigging.rig_gaussians(local, mesh.vertices, frozen.flame.faces)
+
+
+def test_checkpoint_predictor_equals_direct_apply(setup, tmp_path):
+  workdir, model, (networks, frozen, params) = setup
+  assert model.step == 0 and model.image_size == 32
+  images = np.random.default_rng(3).random((2, 64, 64, 3)).astype(np.float32)
+  out = model.predict(images, avatar=True)
+
+  direct, mesh, splats = jax.jit(functools.partial(direct_apply, networks))(
+      params, frozen, jnp.asarray(images))
+  for field in ("shape", "expression", "global_pose", "neck_pose", "jaw_pose", "eye_pose",
+                "eyelids"):
+    np.testing.assert_allclose(getattr(out.flame, field), getattr(direct, field), atol=1e-6)
+  np.testing.assert_allclose(out.camera_translation, direct.camera_translation, atol=1e-6)
+  assert np.abs(np.asarray(direct.shape)).max() > 1e-3  # the perturbed heads are not zero
+  np.testing.assert_allclose(out.vertices, mesh.vertices, atol=1e-6)
   for field in ("means", "quats", "scales", "opacities", "features"):
     np.testing.assert_allclose(getattr(out.splats, field), getattr(splats, field), atol=1e-5)
 
@@ -126,12 +136,12 @@ def _run(capsys, *args):
 
 
 def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path, capsys):
-  workdir, model, _, patch = setup
+  workdir, model, _ = setup
   inputs = tmp_path / "inputs"
   inputs.mkdir()
-  good = frame_with_head(patch, 30, 16)
+  good = photo_frame(20, 0)
   Image.fromarray(good).save(inputs / "good.png")
-  Image.fromarray(frame_with_head(patch, 40, 24)).save(inputs / "good2.jpg", quality=95)
+  Image.fromarray(photo_frame(40, 10)).save(inputs / "good2.jpg", quality=95)
   jpeg = (inputs / "good2.jpg").read_bytes()
   (inputs / "corrupt.jpg").write_bytes(jpeg[:len(jpeg) // 2])
   (inputs / "notes.png").write_text("this is text, not a picture\n")
@@ -166,7 +176,7 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   np.testing.assert_allclose(params["shape"], expected.flame.shape[0], atol=1e-5)
   np.testing.assert_allclose(params["camera_translation"], expected.camera_translation[0],
                              atol=1e-5)
-  vertices = np.asarray(flame.flame_forward(model.flame_model, flame.FlameParams(
+  vertices = np.asarray(jax.jit(flame.flame_forward)(model.flame_model, flame.FlameParams(
       **{f.name: jnp.asarray(params[f.name])[None]
          for f in dataclasses.fields(flame.FlameParams)})).vertices[0])
   for mesh_file in ("mesh.obj", "mesh.ply"):
@@ -201,13 +211,13 @@ def test_predict_without_usable_input_or_checkpoint_fails_cleanly(setup, tmp_pat
 
 
 def test_predict_video_writes_one_overlay_frame_per_input_frame(setup, tmp_path, capsys):
-  workdir, _, _, patch = setup
+  workdir = setup[0]
   path = str(tmp_path / "clip.mp4")
   with av.open(path, "w") as container:
     stream = container.add_stream("libx264", rate=10)
     stream.width, stream.height, stream.pix_fmt = FRAME_W, FRAME_H, "yuv420p"
     for x, y in VIDEO_OFFSETS:
-      frame = av.VideoFrame.from_ndarray(frame_with_head(patch, x, y), format="rgb24")
+      frame = av.VideoFrame.from_ndarray(photo_frame(x, y), format="rgb24")
       container.mux(stream.encode(frame))
     container.mux(stream.encode())
 
@@ -223,7 +233,7 @@ def test_predict_video_writes_one_overlay_frame_per_input_frame(setup, tmp_path,
   params = np.load(result / "params.npz")
   assert params["shape"].shape == (len(VIDEO_OFFSETS), 8)
   np.testing.assert_array_equal(params["frame_index"], np.arange(len(VIDEO_OFFSETS)))
-  # Boxes follow the head and are smoothed: b_t = 0.3 box_t + 0.7 b_{t-1}.
+  # The face moves right as the window moves left; the boxes follow it.
   boxes = params["crop_box"]
   assert np.all(np.diff(boxes[:, 0]) > 0)
   meshes = np.load(result / "meshes.npz")
