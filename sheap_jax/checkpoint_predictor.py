@@ -57,8 +57,12 @@ def crop_cameras(camera_translation: jnp.ndarray, size: int) -> camera_lib.Camer
 
 def predict(networks: objective.Networks, params, frozen: objective.Frozen, config,
             images: jnp.ndarray, avatar: bool = False) -> Prediction:
-  """Images (B, S, S, 3) in [0, 1] at `config.model.image_size` -> `Prediction` (pure, jittable;
-  `avatar` adds DINOv2, the Gaussians Regressor and rigging)."""
+  """Images (B, H, W, 3) -> `Prediction` (pure, jittable; `avatar` adds DINOv2, the Gaussians
+  Regressor and rigging). Float images are in [0, 1], uint8 ones in [0, 255]; both are resized
+  to the networks' square `config.model.image_size`."""
+  if images.dtype == jnp.uint8:
+    images = images.astype(jnp.float32) / 255.0
+  images = objective.resize_images(images.astype(jnp.float32), config.model.image_size)
   out = networks.predictor.apply({"params": params["predictor"]}, images)
   flame_params = flame_lib.FlameParams(
       shape=out.shape, expression=out.expression, global_pose=out.global_pose,
@@ -103,11 +107,11 @@ class CheckpointPredictor:
     return np.asarray(self.frozen.flame.faces)
 
   def predict(self, images, avatar: bool = False) -> Prediction:
-    """Images (B, H, W, 3) float32 in [0, 1], any square size (resized to `image_size`)."""
-    images = jnp.asarray(images, jnp.float32)
+    """Images (B, H, W, 3), float in [0, 1] or uint8 (converted on the device), any square size
+    (resized to `image_size` on the device)."""
+    images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"{_FILE}: images must be (B, H, W, 3), got {tuple(images.shape)}")
-    images = objective.resize_images(images, self.image_size)
     return self._predict(self.params, frozen=self.frozen, images=images, avatar=avatar)
 
   def __call__(self, images, examples: Any = None) -> flame_lib.FlameParams:

@@ -149,7 +149,9 @@ class FrameResult:
 @functools.partial(jax.jit, static_argnames=("size",))
 def overlay_strips(crops: jnp.ndarray, vertices: jnp.ndarray, faces: jnp.ndarray,
                    camera_translation: jnp.ndarray, size: int) -> jnp.ndarray:
-  """(B, S, 3 S, 3) uint8: the crop, the predicted mesh alone, and the mesh over the crop."""
+  """(B, S, 3 S, 3) uint8: the crop (uint8), the predicted mesh alone, and the mesh over the
+  crop."""
+  crops = crops.astype(jnp.float32) / 255.0
   cameras = checkpoint_predictor.crop_cameras(camera_translation, size)
 
   def one(image, verts, K, viewmat):
@@ -177,10 +179,10 @@ class BatchPredictor:
   def __call__(self, crops: np.ndarray, boxes: np.ndarray) -> List[FrameResult]:
     """crops (B, S, S, 3) uint8, B <= batch_size; boxes (B, 4) in input pixels."""
     count, size = len(crops), crops.shape[1]
-    padded = np.zeros((self.batch_size,) + crops.shape[1:], np.float32)
-    padded[:count] = crops.astype(np.float32) / 255.0
-    images = jnp.asarray(padded)
+    padded = np.zeros((self.batch_size,) + crops.shape[1:], np.uint8)
+    padded[:count] = crops
     start = time.perf_counter()
+    images = jnp.asarray(padded)
     prediction = jax.block_until_ready(self.model.predict(images, avatar=self.avatar))
     self.calls.append((count, time.perf_counter() - start))
     strips = overlay_strips(images, prediction.vertices, self.faces,
