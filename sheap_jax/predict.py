@@ -8,7 +8,8 @@ Each input is an image or a video (PyAV: .mp4, .avi, .mov, .mkv, .webm, ...); a 
 file by file, in name order. The face is found by `crop.detect_faces` (or taken from 68
 landmarks in `--landmarks DIR/<input stem>.npy`: (68, 2) for an image, (T, 68, 2) for a video)
 and cut out with SHeaP's video crop (`crop.py`); a video's boxes are smoothed over frames, and
-frames where no face is found take the box of the nearest frame where one is.
+frames where no face is found take the box of the nearest frame where one is. `--whole_image`
+takes inputs that are head crops already (such as `synthetic_heads` frames) as they are.
 
 Outputs, in `<output>/<input stem>/`:
 - images: `params.json` and `params.npz` (FLAME parameters, camera, crop box, landmarks),
@@ -95,6 +96,12 @@ def read_landmarks(directory: Optional[str], path: str, shape) -> Optional[np.nd
     raise SkipInput(f"landmark file {landmark_path} is shaped {points.shape}, expected "
                     f"{tuple('T' if s is None else s for s in shape)}")
   return points.astype(np.float32)
+
+
+def whole_image_box(frame: np.ndarray) -> np.ndarray:
+  """The square box (4,) around the whole frame, for inputs that are head crops already."""
+  height, width = frame.shape[:2]
+  return crop.square_box(np.array([-0.5, -0.5, width - 0.5, height - 0.5]))
 
 
 def face_box(frame: np.ndarray, landmarks: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
@@ -283,13 +290,16 @@ class Runner:
     self.progress = tqdm.tqdm(total=0, unit="frame", dynamic_ncols=True, file=sys.stderr,
                               disable=args.quiet)
 
+  def box(self, frame: np.ndarray, landmarks: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return whole_image_box(frame) if self.args.whole_image else face_box(frame, landmarks)
+
   def skip(self, path: str, reason: str) -> None:
     self.skipped += 1
     tqdm.tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
 
   def image(self, path: str) -> None:
     frame = read_image(path)
-    box = face_box(frame, read_landmarks(self.args.landmarks, path, (68, 2)))
+    box = self.box(frame, read_landmarks(self.args.landmarks, path, (68, 2)))
     if box is None:
       raise SkipInput("no face found")
     self.progress.total += 1
@@ -313,7 +323,7 @@ class Runner:
   def video(self, path: str) -> None:
     source = reader.Source(os.path.basename(path), path)
     landmarks = read_landmarks(self.args.landmarks, path, (None, 68, 2))
-    boxes = [face_box(frame, None if landmarks is None or t >= len(landmarks) else landmarks[t])
+    boxes = [self.box(frame, None if landmarks is None or t >= len(landmarks) else landmarks[t])
              for t, frame in enumerate(reader.read_frames(source))]
     if not boxes:
       raise SkipInput("the video has no frames")
@@ -371,6 +381,9 @@ def parse_args(argv=None):
   parser.add_argument("--batch_size", type=int, default=8, help="frames per model call")
   parser.add_argument("--landmarks", help="folder of <input stem>.npy 68-point landmarks "
                                           "(pixels); without one, the face detector")
+  parser.add_argument("--whole_image", action="store_true",
+                      help="inputs are head crops already (e.g. synthetic_heads frames): use "
+                           "each whole frame, padded to a square, instead of finding the face")
   parser.add_argument("--crop_size", type=int, default=crop.CROP_SIZE,
                       help="side of the head crop and of each overlay panel, pixels")
   parser.add_argument("--no_gaussians", action="store_true",
@@ -405,10 +418,11 @@ def main(argv=None) -> int:
   seconds = time.perf_counter() - start
   frames = runner.predictor.frames
   model_rate = runner.predictor.model_rate()
-  model_text = "one model call" if model_rate is None else f"model {model_rate:.1f} frames/s"
+  model_text = ("model rate: needs a second batch" if model_rate is None else
+                f"model {model_rate:.1f} frames/s after compilation")
   print(f"{runner.succeeded} of {len(paths)} inputs done, {runner.skipped} skipped; {frames} "
         f"frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.1f} frames/s end to end, "
-        f"{model_text} after compilation) -> {args.output}")
+        f"{model_text}) -> {args.output}")
   return 0 if runner.succeeded else 1
 
 
