@@ -120,13 +120,8 @@ class CheckpointPredictor:
     return self.predict(images).flame
 
 
-def load(directory: str, step: Optional[int] = None,
-         flame_model: Optional[flame_lib.FlameModel] = None) -> CheckpointPredictor:
-  """The model of a training workdir's newest checkpoint (or of `step`).
-
-  `flame_model` replaces the model the config names (for checkpoints trained on a model that
-  the config cannot rebuild, such as the tests' small one).
-  """
+def load(directory: str, step: Optional[int] = None) -> CheckpointPredictor:
+  """The model of a training workdir's newest checkpoint (or of `step`)."""
   checkpoints = os.path.join(os.path.abspath(os.path.expanduser(directory)), "checkpoints")
   steps = ocp.utils.checkpoint_steps(checkpoints) if os.path.isdir(checkpoints) else []
   if not steps:
@@ -137,8 +132,7 @@ def load(directory: str, step: Optional[int] = None,
                      f"{sorted(steps)})")
   config = train.load_config(directory, step)
   networks = objective.build_networks(config)
-  flame_model = flame_model or objective.load_flame_model(config)
-  frozen = objective.build_frozen(config, flame_model)
+  frozen = objective.build_frozen(config, objective.load_flame_model(config))
   optimizer = train.make_optimizer(config)
   abstract = jax.eval_shape(lambda: train.init_state(networks, frozen, config, optimizer))
   manager = ocp.CheckpointManager(checkpoints)

@@ -1,7 +1,8 @@
 """Prediction from a tiny training checkpoint (never trained: init_state + save_checkpoint; the
 tests' small FLAME-format model saved as the `.npz` that the checkpoint's config names): the
 checkpoint predictor against a direct apply of the networks, and `python -m sheap_jax.predict`
-on a folder of good and bad inputs and on a video (windows of a real photo, so the face detector runs)."""
+on a folder of good and bad inputs and on a video (windows of a real photo, so the face
+detector runs)."""
 import dataclasses
 import functools
 import os
