@@ -11,6 +11,7 @@ JSON record instead of ending the run. The load average is recorded. Plain jax o
 """
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import scenes  # noqa: E402
 import rasterizer  # noqa: E402
+from rasterizer import binning  # noqa: E402
 
 
 def _median_ms(compiled, args, repeats):
@@ -54,14 +56,17 @@ def _peak_bytes(compiled):
   return analysis.temp_size_in_bytes + analysis.output_size_in_bytes, "xla_temp_plus_output"
 
 
-def measure(impl, size, n_splats, repeats):
+def measure(impl, size, n_splats, repeats, pairs_per_splat=None):
   splats = scenes.head_scene(n_splats)
   viewmat, K = scenes.camera(size, size)
   viewmats, Ks = viewmat[None], K[None]
   background = jnp.ones((3,), jnp.float32)
+  capacity = (binning.default_capacity(n_splats, size, size) if pairs_per_splat is None
+              else math.ceil(pairs_per_splat * n_splats))
 
   def render(splats, viewmats):
-    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl)
+    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl,
+                                capacity=capacity)
 
   args = (splats, viewmats)
   start = time.perf_counter()
@@ -70,7 +75,7 @@ def measure(impl, size, n_splats, repeats):
       jax.grad(lambda s, v: _loss(render(s, v)), argnums=(0, 1))).lower(*args).compile()
   record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
                 device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                jax_version=jax.__version__, repeats=repeats,
+                jax_version=jax.__version__, repeats=repeats, capacity=capacity,
                 compile_s=time.perf_counter() - start)
   record["fwd_ms"], output = _median_ms(forward, args, repeats)
   record["pairs_dropped"] = int(output.pairs_dropped[0])
@@ -87,6 +92,9 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--reference-repeats", type=int, default=None,
                       help="repeats for the (slow) reference; default --repeats")
+  parser.add_argument("--pairs-per-splat", type=float, default=None,
+                      help="(splat, tile) pair capacity per splat for the tiled paths; default "
+                      "binning.default_capacity (8). The head scenes need 1.5-4.8 (docs/pallas.md)")
   parser.add_argument("--reference-json", default=None,
                       help="take `reference` records from this earlier result instead of "
                       "measuring them")
@@ -110,7 +118,7 @@ def main(argv=None):
           continue
         try:
           repeats = args.reference_repeats if impl == "reference" else None
-          record = measure(impl, size, n_splats, repeats or args.repeats)
+          record = measure(impl, size, n_splats, repeats or args.repeats, args.pairs_per_splat)
         except Exception as error:  # one implementation failing must not end the run
           record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
                         device=str(jax.devices()[0].device_kind), fwd_ms=None, fwd_bwd_ms=None,
