@@ -98,6 +98,7 @@ def main(argv=None):
   parser.add_argument("--reference-json", default=None,
                       help="take `reference` records from this earlier result instead of "
                       "measuring them")
+  parser.add_argument("--note", default="", help="free text stored in the JSON")
   parser.add_argument("--out", default="bench/results/rasterizer.json")
   args = parser.parse_args(argv)
   impls = args.impls.split(",")
@@ -135,7 +136,7 @@ def main(argv=None):
   _print_table(records)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump(dict(host=platform.node(), cpu_count=os.cpu_count(),
+    json.dump(dict(host=platform.node(), cpu_count=os.cpu_count(), note=args.note,
                    load_avg_1_5_15_min=dict(start=load_before, end=os.getloadavg()),
                    records=records), f, indent=1)
   print(f"wrote {args.out}")
