@@ -103,6 +103,32 @@ def test_boxes_hold_every_passing_pixel_and_reach_no_further_than_the_region():
   assert checked >= 3
 
 
+def test_a_needle_between_pixel_centres_keeps_its_whole_length_in_the_box():
+  # The one way a box reaches past the pixels where alpha passes: a splat 0.1 degree from
+  # edge-on projects to a needle 0.02 px wide. Centred between two pixel columns it
+  # touches no pixel centre beyond its filter circle (radius 2.3 px), yet alpha passes along
+  # its whole 13 px length, and the box holds that length.
+  size, focal = 24, 40.0
+  K = oracle.pinhole(size, size, focal)
+  half_turn = np.radians(89.9) / 2
+  scene = dict(means=np.array([[0.0, 0.0, 1.0]], np.float32),  # centre (11.5, 11.5) px
+               quats=np.array([[np.cos(half_turn), 0, np.sin(half_turn), 0]], np.float32),
+               scales=np.array([[0.05, 0.05]], np.float32), opacities=np.array([0.9], np.float32),
+               features=np.ones((1, 3), np.float32))
+  projected = _project(scene, np.eye(4), K, size, size)
+  x0, y0, x1, y1 = np.asarray(projected.boxes)[0]
+  transforms, means2d, _, _, _ = oracle.project(scene["means"], scene["quats"], scene["scales"],
+                                                np.eye(4), K)
+  ys, xs = np.mgrid[:size, :size].astype(np.float64)
+  passing = _passes(transforms[0], means2d[0], 0.9, xs, ys)
+  cutoff_sq = 2 * np.log(255 * 0.9)
+  _, top, _, bottom = _region_extremes(transforms[0], means2d[0], cutoff_sq)
+  assert y0 <= ys[passing].min() - 3 and y1 >= ys[passing].max() + 3  # the pixels stop early
+  assert _passes(transforms[0], means2d[0], 0.9, top[0], top[1])  # the needle does not
+  assert _passes(transforms[0], means2d[0], 0.9, bottom[0], bottom[1])
+  assert abs(top[1] - y0) < 1 and abs(bottom[1] - y1) < 1 and x0 <= top[0] <= x1
+
+
 def _numpy_tile_lists(projected, width, height):
   """tile -> splat ids overlapping it, front to back (stable by index on equal depth)."""
   tiles_x, tiles_y = binning.tile_grid(width, height)
