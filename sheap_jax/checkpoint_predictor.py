@@ -125,8 +125,9 @@ def load(directory: str, step: Optional[int] = None) -> CheckpointPredictor:
   checkpoints = os.path.join(os.path.abspath(os.path.expanduser(directory)), "checkpoints")
   steps = ocp.utils.checkpoint_steps(checkpoints) if os.path.isdir(checkpoints) else []
   if not steps:
-    raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (expected a training workdir "
-                     f"with checkpoints/<step>/, as `python -m sheap_jax.train` writes)")
+    raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (sheap_jax.checkpoint_predictor"
+                     ".load expects a training workdir with checkpoints/<step>/, as `python -m "
+                     "sheap_jax.train` writes)")
   if step is not None and step not in steps:
     raise ValueError(f"{_FILE}: {directory!r} has no checkpoint of step {step} (has "
                      f"{sorted(steps)})")

@@ -146,6 +146,7 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   jpeg = (inputs / "good2.jpg").read_bytes()
   (inputs / "corrupt.jpg").write_bytes(jpeg[:len(jpeg) // 2])
   (inputs / "notes.png").write_text("this is text, not a picture\n")
+  (inputs / "broken.mp4").write_bytes(jpeg[:300])
   Image.fromarray(np.full((FRAME_H, FRAME_W, 3), 128, np.uint8)).save(inputs / "faceless.png")
 
   with pytest.warns(UserWarning, match="random initialisation"):
@@ -154,12 +155,12 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   assert code == 0
   assert "Traceback" not in out + err
   lines = err.strip().splitlines()
-  assert len(lines) == 3, err
+  assert len(lines) == 4, err
   for name, reason in (("corrupt.jpg", "unreadable image"), ("notes.png", "not an image"),
-                       ("faceless.png", "no face found")):
+                       ("faceless.png", "no face found"), ("broken.mp4", "cannot decode video")):
     assert sum(name in line for line in lines) == 1
     assert any(name in line and reason in line for line in lines), (name, err)
-  assert "2 of 5 inputs done, 3 skipped" in out and "frames/s" in out
+  assert "2 of 6 inputs done, 4 skipped" in out and "frames/s" in out
   assert sorted(os.listdir(tmp_path / "out")) == ["good", "good2"]
   for name in ("good", "good2"):
     files = sorted(os.listdir(tmp_path / "out" / name))
