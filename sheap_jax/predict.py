@@ -16,7 +16,7 @@ Outputs, in `<output>/<input stem>/`:
   `mesh.obj` and `mesh.ply` (posed, FLAME frame), `gaussians.ply` (the avatar, 3DGS layout,
   `export.py`), `overlay.png` (crop | mesh | blend);
 - videos: `params.json` / `params.npz` with one row per frame, `meshes.npz` (vertices per frame
-  and the faces), `overlay.mp4` (one overlay strip per input frame).
+  and the faces), `overlay.mp4` (one overlay strip per input frame); no avatar.
 Inputs that are not images or videos, cannot be read, or show no face get one line each on
 stderr and are skipped. The exit code is 0 when at least one input succeeded, 1 otherwise.
 """
@@ -175,22 +175,21 @@ def overlay_strips(crops: jnp.ndarray, vertices: jnp.ndarray, faces: jnp.ndarray
 class BatchPredictor:
   """Runs the model on fixed-size batches of crops (the last one padded: one compilation)."""
 
-  def __init__(self, model: checkpoint_predictor.CheckpointPredictor, batch_size: int,
-               avatar: bool):
+  def __init__(self, model: checkpoint_predictor.CheckpointPredictor, batch_size: int):
     self.model = model
     self.batch_size = batch_size
-    self.avatar = avatar
     self.faces = jnp.asarray(model.faces)
     self.calls = []  # (frames, seconds) of each model call; the first one compiles
 
-  def __call__(self, crops: np.ndarray, boxes: np.ndarray) -> List[FrameResult]:
-    """crops (B, S, S, 3) uint8, B <= batch_size; boxes (B, 4) in input pixels."""
+  def __call__(self, crops: np.ndarray, boxes: np.ndarray, avatar: bool) -> List[FrameResult]:
+    """crops (B, S, S, 3) uint8, B <= batch_size; boxes (B, 4) in input pixels; `avatar` adds
+    the Gaussians."""
     count, size = len(crops), crops.shape[1]
     padded = np.zeros((self.batch_size,) + crops.shape[1:], np.uint8)
     padded[:count] = crops
     start = time.perf_counter()
     images = jnp.asarray(padded)
-    prediction = jax.block_until_ready(self.model.predict(images, avatar=self.avatar))
+    prediction = jax.block_until_ready(self.model.predict(images, avatar=avatar))
     self.calls.append((count, time.perf_counter() - start))
     strips = overlay_strips(images, prediction.vertices, self.faces,
                             prediction.camera_translation, size)
@@ -281,7 +280,7 @@ class Runner:
 
   def __init__(self, args, model: checkpoint_predictor.CheckpointPredictor):
     self.args = args
-    self.predictor = BatchPredictor(model, args.batch_size, not args.no_gaussians)
+    self.predictor = BatchPredictor(model, args.batch_size)
     self.faces = model.faces
     self.taken = set()
     self.pending = []  # (output dir, crop, box) of images waiting for a full batch
@@ -315,7 +314,8 @@ class Runner:
       return
     dirs, crops, boxes = zip(*self.pending)
     self.pending = []
-    for directory, result in zip(dirs, self.predictor(np.stack(crops), np.stack(boxes))):
+    results = self.predictor(np.stack(crops), np.stack(boxes), avatar=not self.args.no_gaussians)
+    for directory, result in zip(dirs, results):
       write_image_outputs(directory, result, self.faces)
       self.succeeded += 1
       self.progress.update(1)
@@ -336,27 +336,28 @@ class Runner:
     os.makedirs(directory, exist_ok=True)
     size = self.args.crop_size
     writer = VideoWriter(os.path.join(directory, "overlay.mp4"), fps, 3 * size, size)
-    results, chunk = [], []
+    params, vertices, chunk = [], [], []  # per frame: only what is written at the end
     try:
       for t, frame in enumerate(reader.read_frames(source)):
         if t >= len(boxes):
           break
         chunk.append(crop.crop_image(frame, boxes[t], size))
         if len(chunk) == self.args.batch_size or t == len(boxes) - 1:
-          start = len(results)
-          for result in self.predictor(np.stack(chunk), boxes[start:start + len(chunk)]):
+          start = len(params)
+          for result in self.predictor(np.stack(chunk), boxes[start:start + len(chunk)],
+                                       avatar=False):
             writer.write(result.overlay)
-            results.append(result)
+            params.append(result.params)
+            vertices.append(result.vertices)
             self.progress.update(1)
           chunk = []
     finally:
       writer.close()
-    params = {k: np.stack([r.params[k] for r in results]) for k in results[0].params}
-    params["frame_index"] = np.arange(len(results), dtype=np.int32)
-    export.write_params(os.path.join(directory, "params"), params)
+    stacked = {k: np.stack([row[k] for row in params]) for k in params[0]}
+    stacked["frame_index"] = np.arange(len(params), dtype=np.int32)
+    export.write_params(os.path.join(directory, "params"), stacked)
     export.write_npz(os.path.join(directory, "meshes.npz"),
-                     {"vertices": np.stack([r.vertices for r in results]),
-                      "faces": self.faces.astype(np.int32)})
+                     {"vertices": np.stack(vertices), "faces": self.faces.astype(np.int32)})
     self.succeeded += 1
 
   def run(self, paths: List[str]) -> None:
