@@ -240,3 +240,33 @@ def test_predict_video_writes_one_overlay_frame_per_input_frame(setup, tmp_path,
   assert np.all(np.diff(boxes[:, 0]) > 0)
   meshes = np.load(result / "meshes.npz")
   assert meshes["vertices"].shape[0] == len(VIDEO_OFFSETS)
+
+
+def test_predict_landmark_files_set_the_crop(setup, tmp_path, capsys):
+  workdir = setup[0]
+  inputs, landmarks = tmp_path / "inputs", tmp_path / "landmarks"
+  inputs.mkdir()
+  landmarks.mkdir()
+  rng = np.random.default_rng(4)
+  points = rng.uniform((50, 30), (110, 100), (68, 2)).astype(np.float32)
+  points[:5] = np.nan  # missing points are left out of the box
+  for name in ("marked", "misshapen"):
+    Image.fromarray(photo_frame(20, 0)).save(inputs / f"{name}.png")
+  np.save(landmarks / "marked.npy", points)
+  np.save(landmarks / "misshapen.npy", points[:5])
+
+  with pytest.warns(UserWarning, match="random initialisation"):
+    code, out, err = _run(capsys, "--checkpoint", workdir, "--input", str(inputs), "--output",
+                          str(tmp_path / "out"), "--landmarks", str(landmarks), "--no_gaussians")
+  assert code == 0 and "Traceback" not in out + err
+  assert err.strip().splitlines() == [
+      f"skipped {inputs / 'misshapen.png'}: landmark file {landmarks / 'misshapen.npy'} is "
+      "shaped (5, 2), expected (68, 2)"]
+  assert sorted(os.listdir(tmp_path / "out" / "marked")) == [
+      "mesh.obj", "mesh.ply", "overlay.png", "params.json", "params.npz"]
+  # SHeaP's rule by hand: side 1.75 max(w, h) about the landmark box's centre moved up 0.35 h.
+  (x0, y0), (x1, y1) = np.nanmin(points, 0), np.nanmax(points, 0)
+  half = 0.5 * 1.75 * max(x1 - x0, y1 - y0)
+  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.35 * (y1 - y0)
+  np.testing.assert_allclose(np.load(tmp_path / "out" / "marked" / "params.npz")["crop_box"],
+                             [cx - half, cy - half, cx + half, cy + half], atol=1e-4)
