@@ -88,8 +88,8 @@ def setup(tmp_path_factory):
 
 
 def direct_apply(networks, params, frozen, images):
-  """The networks applied by hand to 64 px images: (predictor output, FLAME mesh, splats)."""
-  resized = jax.image.resize(images, (len(images), 32, 32, 3), "linear", antialias=True)
+  """The networks applied by hand to uint8 images: (predictor output, FLAME mesh, splats)."""
+  resized = jax.image.resize(images / 255.0, (len(images), 32, 32, 3), "linear", antialias=True)
   direct = networks.predictor.apply({"params": params["predictor"]}, resized)
   flame_params = flame.FlameParams(
       shape=direct.shape, expression=direct.expression, global_pose=direct.global_pose,
@@ -108,7 +108,8 @@ def direct_apply(networks, params, frozen, images):
 def test_checkpoint_predictor_equals_direct_apply(setup, tmp_path):
   workdir, model, (networks, frozen, params) = setup
   assert model.step == 0 and model.image_size == 32
-  images = np.random.default_rng(3).random((2, 64, 64, 3)).astype(np.float32)
+  # uint8 crops of the CLI runs' size and batch: one compiled program serves all tests.
+  images = np.random.default_rng(3).integers(0, 256, (2, CROP, CROP, 3), np.uint8)
   out = model.predict(images, avatar=True)
 
   direct, mesh, splats = jax.jit(functools.partial(direct_apply, networks))(
@@ -173,8 +174,7 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   params = np.load(result / "params.npz")
   box = predict.face_box(good)
   np.testing.assert_allclose(params["crop_box"], box, atol=1e-4)
-  expected = model.predict(crop.crop_image(good, box, CROP)[None].astype(np.float32) / 255,
-                           avatar=True)
+  expected = model.predict(np.stack([crop.crop_image(good, box, CROP)] * 2), avatar=True)
   np.testing.assert_allclose(params["shape"], expected.flame.shape[0], atol=1e-5)
   np.testing.assert_allclose(params["camera_translation"], expected.camera_translation[0],
                              atol=1e-5)
