@@ -172,7 +172,8 @@ def expression_probe(predictor, train_source, test_source, max_items=None, batch
   for name, source in (("train", train_source), ("held-out", test_source)):
     indices = labelled_frames(source, max_items)
     if not indices:
-      raise ValueError(f"expression_probe: the {name} split holds no emotion-labelled frames")
+      raise ValueError(f"expression_probe: the {name} split holds no emotion-labelled frames "
+                       "(gt_emotion >= 0); build a config with more identities or frames")
     splits[name] = _probe_inputs(predictor, source, indices, batch_size)
   return probe_lib.evaluate(*splits["train"], *splits["held-out"], F.EMOTIONS, l2)
 
