@@ -9,10 +9,10 @@ Benchmarks (comma-separated): synthetic_neutral, synthetic_expressions (held-out
 `synthetic_heads`; the config is built into --data_dir if absent), now (a NoW dataset folder)
 and expression_probe (emotion classification from predicted expressions, fitted on the train
 identities). Predictors (comma-separated): mean_head, oracle, checkpoint:DIR. Per benchmark it
-writes `<out>/<benchmark>.json` (summary and per-item errors of every predictor) and
-`<out>/<benchmark>_cumulative.png` (the probe: accuracies, chance levels, confusion matrices
-and `<out>/expression_probe_confusion.png`); NoW predictions go to
-`<out>/now_predictions/<predictor>/`. See docs/evaluation.md.
+writes `<out>/<benchmark>.json` and a PNG: for the geometry benchmarks the summary and
+per-item errors of every predictor and `<benchmark>_cumulative.png`, for the probe the
+accuracies, chance levels and confusion matrices and `expression_probe_confusion.png`. NoW
+predictions go to `<out>/now_predictions/<predictor>/`. See docs/evaluation.md.
 """
 import argparse
 import json
@@ -190,8 +190,7 @@ def _fixed_width(header, lines):
 
 def main(argv=None):
   args = parse_args(argv)
-  model = load_model(args.flame)
-  rows, probe_rows, source = [], [], None
+  model, rows, probe_rows, source = None, [], [], None
   for name in args.benchmarks:
     if name != "now" and source is None:
       source = synthetic_source(args.data_dir, args.config, args.split)
@@ -199,6 +198,8 @@ def main(argv=None):
       probe_rows.extend(run_expression_probe(args, source))
       continue
     data = now_data.NowDataset(args.now_dir) if name == "now" else source
+    if model is None:  # loaded once, and only for the geometry benchmarks
+      model = load_model(args.flame)
     results = run_benchmark(name, args, model, data)
     json_path, plot_path = write_outputs(name, results, args)
     print(f"wrote {json_path} and {plot_path}")

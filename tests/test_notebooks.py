@@ -15,7 +15,7 @@ NOTEBOOKS = os.path.join(REPO, "notebooks")
 STEPS = 2
 # The CPU config shrunk further: 32 px inputs and renders, a 28 px DINOv2, batch 2.
 SMALL_FLAGS = ("--config.model.image_size=32 --config.render.size=32 "
-               "--config.dinov2.image_size=28 --config.batch_size=2 --config.eval_images=2")
+               "--config.dinov2.image_size=28 --config.batch_size=2")
 
 
 def _execute(name, env):
