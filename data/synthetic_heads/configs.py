@@ -48,6 +48,12 @@ BUILDER_CONFIGS = (
                                  "textures: quick to build on a CPU (tests, the CPU demo).",
         supersample=1, texture_size=256),
     SyntheticHeadsConfig(
+        name="demo", description="64 identities (48 train, 16 validation) x 8 frames at 128^2, "
+                                 "no supersampling, 256^2 textures: the CPU training demo (the "
+                                 "README's main command); builds in about a minute.",
+        num_train=48, num_validation=16, num_test=0, image_size=128, supersample=1,
+        texture_size=256),
+    SyntheticHeadsConfig(
         name="small", description="500 identities x 24 frames at 224^2.",
         num_train=400, num_validation=50, num_test=50, frames_per_video=24),
     SyntheticHeadsConfig(

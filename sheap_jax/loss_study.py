@@ -1,0 +1,166 @@
+"""Trains one config under several loss (or renderer) variants and seeds; tabulates
+`synthetic_neutral` against the `mean_head` baseline.
+
+    python -m sheap_jax.loss_study --config configs/base.py:cpu --workdir runs/study \
+        --variants landmarks_only,no_landmarks,full --seeds 0,1,2
+
+Each (variant, seed) is an ordinary training run in `<workdir>/<variant>/seed<k>` (rerunning the
+command resumes unfinished runs and skips finished ones). Every run uses the same config, data
+and step budget; only the variant's overrides and `config.seed` (initialisation and data order)
+differ, and runs are validated only at their last step, without previews. Set
+`JAX_COMPILATION_CACHE_DIR` so that the seeds of a variant compile once. Writes `<workdir>/study.json` (per run and per variant: median mm, mean and sample
+standard deviation over seeds) and `<workdir>/study.png`, and prints a Markdown table.
+"""
+import json
+import os
+from typing import Dict, List
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+import numpy as np
+
+from sheap_jax import losses
+from sheap_jax import train  # also defines the --config and --workdir flags
+
+_FILE = "sheap_jax/loss_study.py"
+# Terms that keep the FLAME parameters plausible: kept in every variant.
+PRIORS = ("shape_prior", "expression_prior", "jaw_prior", "eyelid_prior")
+
+
+def _landmarks_only(config):
+  for name in losses.registered_losses():
+    if name not in PRIORS + ("landmarks",):
+      config.losses[name].weight = 0.0
+
+
+def _no_landmarks(config):
+  config.losses.landmarks.weight = 0.0
+
+
+def _mesh_renderer(config):
+  config.renderer = "mesh"
+
+
+# name -> (what it trains with, config edit)
+VARIANTS = {
+    "full": ("the full objective (config.losses as given)", lambda config: None),
+    "landmarks_only": ("landmark reprojection and FLAME priors only", _landmarks_only),
+    "no_landmarks": ("photometric and geometry losses, landmark weight 0", _no_landmarks),
+    "mesh_renderer": ("the full objective rendered by the textured-mesh baseline",
+                      _mesh_renderer),
+}
+
+
+def variant_config(config: ml_collections.ConfigDict, variant: str, seed: int
+                   ) -> ml_collections.ConfigDict:
+  """A copy of `config` with the variant's edits and `seed`."""
+  if variant not in VARIANTS:
+    raise ValueError(f"{_FILE}: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  VARIANTS[variant][1](config)
+  config.seed = seed
+  # Runs are scored once, at their last step, and draw no previews: neither changes training.
+  config.eval_every = config.total_steps
+  config.preview_every = 0
+  return config
+
+
+def summarize(runs: List[Dict]) -> Dict[str, Dict]:
+  """Per variant: median mm of each seed, their mean, sample std, min and max."""
+  by_variant = {}
+  for run in runs:
+    by_variant.setdefault(run["variant"], []).append(run["median_mm"])
+  summary = {}
+  for variant, medians in by_variant.items():
+    values = np.asarray(medians, np.float64)
+    summary[variant] = dict(
+        median_mm=values.tolist(), mean=float(values.mean()),
+        std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        min=float(values.min()), max=float(values.max()), seeds=len(values))
+  return summary
+
+
+def markdown_table(summary: Dict[str, Dict]) -> str:
+  rows = ["| variant | trains with | synthetic_neutral median (mm), mean ± std over seeds | "
+          "ratio to mean_head |", "|---|---|---|---|"]
+  baseline = summary["mean_head"]["mean"]
+  for variant, s in summary.items():
+    what = "no training: the template head" if variant == "mean_head" else VARIANTS[variant][0]
+    rows.append(f"| `{variant}` | {what} | {s['mean']:.3f} ± {s['std']:.3f} "
+                f"(range {s['min']:.3f}–{s['max']:.3f}, {s['seeds']} seeds) | "
+                f"{s['mean'] / baseline:.2f} |")
+  return "\n".join(rows)
+
+
+def plot(summary: Dict[str, Dict], path: str):
+  """Each seed's median as a dot, the variant's mean as a bar."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  names = list(summary)
+  fig, ax = plt.subplots(figsize=(1.6 * len(names) + 1.5, 3.2))
+  ax.bar(range(len(names)), [summary[n]["mean"] for n in names], color="#9ecae1")
+  for i, name in enumerate(names):
+    values = summary[name]["median_mm"]
+    ax.plot(np.full(len(values), i), values, "o", color="#08519c", markersize=4)
+  ax.set_xticks(range(len(names)), names, rotation=15)
+  ax.set_ylabel("synthetic_neutral median (mm)")
+  ax.set_title("lower is better; dots: seeds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run_study(config, workdir: str, variants: List[str], seeds: List[int]) -> Dict:
+  """Trains every (variant, seed) not finished yet and writes study.json / study.png."""
+  for variant in variants:  # fail on a bad name before hours of training
+    variant_config(config, variant, 0)
+  runs, mean_head = [], []
+  for seed in seeds:
+    for variant in variants:
+      run_dir = os.path.join(workdir, variant, f"seed{seed}")
+      result_path = os.path.join(run_dir, "synthetic_neutral.json")
+      cfg = variant_config(config, variant, seed)
+      if not _finished(result_path, cfg.total_steps):
+        logging.info("training %s, seed %d -> %s", variant, seed, run_dir)
+        train.train(cfg, run_dir)
+      with open(result_path) as f:
+        result = json.load(f)
+      runs.append(dict(variant=variant, seed=seed, median_mm=result["model"]["median_mm"],
+                       mean_mm=result["model"]["mean_mm"], step=result["model"]["step"]))
+      mean_head.append(result["mean_head"]["median_mm"])
+  summary = summarize(runs)
+  summary = {"mean_head": dict(median_mm=[mean_head[0]], mean=mean_head[0], std=0.0,
+                               min=mean_head[0], max=mean_head[0], seeds=1), **summary}
+  study = dict(config=config.to_dict(), runs=runs, summary=summary)
+  with open(os.path.join(workdir, "study.json"), "w") as f:
+    json.dump(study, f, indent=2)
+  plot(summary, os.path.join(workdir, "study.png"))
+  print(markdown_table(summary))
+  return study
+
+
+def _finished(result_path: str, total_steps: int) -> bool:
+  if not os.path.exists(result_path):
+    return False
+  with open(result_path) as f:
+    return json.load(f).get("model", {}).get("step") == total_steps
+
+
+_VARIANTS = flags.DEFINE_list("variants", ["landmarks_only", "no_landmarks", "full"],
+                              f"Comma-separated, of {sorted(VARIANTS)}.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Comma-separated integer seeds.")
+
+
+def main(argv):
+  del argv
+  workdir = flags.FLAGS.workdir  # the folder of all runs: <workdir>/<variant>/seed<k>
+  os.makedirs(workdir, exist_ok=True)
+  run_study(flags.FLAGS.config, workdir, _VARIANTS.value, [int(s) for s in _SEEDS.value])
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
