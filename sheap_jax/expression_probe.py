@@ -49,7 +49,7 @@ def standardise(features, mean, scale) -> np.ndarray:
   return (np.asarray(features, np.float64) - mean) / scale
 
 
-def objective(flat, x, onehot, l2):
+def _objective(flat, x, onehot, l2):
   """Mean cross-entropy + (l2 / 2) ||W||^2 and its gradient, for flat = [W.ravel(), b]."""
   n, d = x.shape
   k = onehot.shape[1]
@@ -79,7 +79,7 @@ def fit(features, labels, l2=DEFAULT_L2) -> LinearProbe:
   x = standardise(features, mean, scale)
   onehot = (labels[:, None] == classes[None, :]).astype(np.float64)
   size = x.shape[1] * len(classes)
-  result = scipy.optimize.minimize(objective, np.zeros(size + len(classes)), args=(x, onehot, l2),
+  result = scipy.optimize.minimize(_objective, np.zeros(size + len(classes)), args=(x, onehot, l2),
                                    jac=True, method="L-BFGS-B",
                                    options=dict(maxiter=5000, gtol=1e-10, ftol=1e-15))
   weights = result.x[:size].reshape(x.shape[1], len(classes))
