@@ -305,7 +305,8 @@ def test_mesh_renderer_needs_uvs_and_matching_faces(tmp_path):
   flame_io.save_flame(without_uvs, {k: v for k, v in assets.items() if k not in ("vt", "ft")})
   config = mesh_config(without_uvs)
   model = objective.load_flame_model(config)
-  with pytest.raises(flame_io.FlameFileError, match=re.escape(f"{without_uvs}: has no UV coordinates")):
+  message = re.escape(f"{without_uvs}: has no UV coordinates")
+  with pytest.raises(flame_io.FlameFileError, match=message):
     objective.build_frozen(config, model)
   with_uvs = tmp_path / "uvs.npz"
   flame_io.save_flame(with_uvs, assets)
