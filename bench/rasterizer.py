@@ -4,11 +4,14 @@
       --splats 10000,20000,100000 --repeats 5 --out bench/results/rasterizer.json
 
 Times are medians over `--repeats` runs after compilation, binning included (the whole
-`rasterize` call). Ratios are to `reference` measured in the same run. Each implementation's
-failure is recorded in its JSON record instead of ending the run. Plain jax only.
+`rasterize` call). Ratios are to `reference` measured in the same run, or taken from an earlier
+JSON with `--reference-json` (the dense reference takes ~17 min at 256^2/20k on 2 CPU cores;
+reuse it only while its code is unchanged). Each implementation's failure is recorded in its
+JSON record instead of ending the run. The load average is recorded. Plain jax only.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import scenes  # noqa: E402
 import rasterizer  # noqa: E402
+from rasterizer import binning  # noqa: E402
 
 
 def _median_ms(compiled, args, repeats):
@@ -52,14 +56,17 @@ def _peak_bytes(compiled):
   return analysis.temp_size_in_bytes + analysis.output_size_in_bytes, "xla_temp_plus_output"
 
 
-def measure(impl, size, n_splats, repeats):
+def measure(impl, size, n_splats, repeats, pairs_per_splat=None):
   splats = scenes.head_scene(n_splats)
   viewmat, K = scenes.camera(size, size)
   viewmats, Ks = viewmat[None], K[None]
   background = jnp.ones((3,), jnp.float32)
+  capacity = (binning.default_capacity(n_splats, size, size) if pairs_per_splat is None
+              else math.ceil(pairs_per_splat * n_splats))
 
   def render(splats, viewmats):
-    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl)
+    return rasterizer.rasterize(splats, viewmats, Ks, size, size, background, impl=impl,
+                                capacity=capacity)
 
   args = (splats, viewmats)
   start = time.perf_counter()
@@ -68,7 +75,7 @@ def measure(impl, size, n_splats, repeats):
       jax.grad(lambda s, v: _loss(render(s, v)), argnums=(0, 1))).lower(*args).compile()
   record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
                 device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
-                jax_version=jax.__version__, repeats=repeats,
+                jax_version=jax.__version__, repeats=repeats, capacity=capacity,
                 compile_s=time.perf_counter() - start)
   record["fwd_ms"], output = _median_ms(forward, args, repeats)
   record["pairs_dropped"] = int(output.pairs_dropped[0])
@@ -85,17 +92,34 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--reference-repeats", type=int, default=None,
                       help="repeats for the (slow) reference; default --repeats")
+  parser.add_argument("--pairs-per-splat", type=float, default=None,
+                      help="(splat, tile) pair capacity per splat for the tiled paths; default "
+                      "binning.default_capacity (8). The head scenes need 1.5-4.8 (docs/pallas.md)")
+  parser.add_argument("--reference-json", default=None,
+                      help="take `reference` records from this earlier result instead of "
+                      "measuring them")
+  parser.add_argument("--note", default="", help="free text stored in the JSON")
   parser.add_argument("--out", default="bench/results/rasterizer.json")
   args = parser.parse_args(argv)
   impls = args.impls.split(",")
+  reused = {}
+  if args.reference_json:
+    with open(args.reference_json) as f:
+      reused = {(r["height"], r["n_splats"]): dict(r, reused_from=args.reference_json)
+                for r in json.load(f)["records"] if r["impl"] == "reference"}
+  load_before = os.getloadavg()
   records = []
   for size in [int(s) for s in args.sizes.split(",")]:
     for n_splats in [int(n) for n in args.splats.split(",")]:
       row = {}
       for impl in impls:
+        if impl == "reference" and (size, n_splats) in reused:
+          row[impl] = reused[(size, n_splats)]
+          records.append(row[impl])
+          continue
         try:
           repeats = args.reference_repeats if impl == "reference" else None
-          record = measure(impl, size, n_splats, repeats or args.repeats)
+          record = measure(impl, size, n_splats, repeats or args.repeats, args.pairs_per_splat)
         except Exception as error:  # one implementation failing must not end the run
           record = dict(impl=impl, height=size, width=size, n_splats=n_splats,
                         device=str(jax.devices()[0].device_kind), fwd_ms=None, fwd_bwd_ms=None,
@@ -112,7 +136,9 @@ def main(argv=None):
   _print_table(records)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump(dict(host=platform.node(), cpu_count=os.cpu_count(), records=records), f, indent=1)
+    json.dump(dict(host=platform.node(), cpu_count=os.cpu_count(), note=args.note,
+                   load_avg_1_5_15_min=dict(start=load_before, end=os.getloadavg()),
+                   records=records), f, indent=1)
   print(f"wrote {args.out}")
 
 

@@ -19,6 +19,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.flame_path = ""  # real FLAME (file or directory); empty: the built-in procedural head
   c.flame = dict(n_shape=300, n_expression=100)
+  # Renderer the objective trains through: "gaussians" (2DGS splats from the Gaussians
+  # Regressor) or "mesh" (the paper's baseline: the FLAME mesh with a UV albedo texture from
+  # mesh_baseline.AlbedoHead; needs UVs in the head assets; trains {"predictor", "albedo"}).
   c.renderer = "gaussians"
   c.bfloat16 = False  # matmuls in bfloat16 (parameters stay float32)
 

@@ -7,6 +7,9 @@ import jax.numpy as jnp
 from rasterizer import types
 
 _INT32_LIMIT = 2**31 - 1
+# Binary searches as one unrolled computation: the default `scan` method is a loop of ~20
+# steps, which on GPUs costs a kernel launch per step.
+_SEARCH = "scan_unrolled"
 
 
 def tile_grid(width: int, height: int):
@@ -67,7 +70,8 @@ def bin_splats(
   pairs_total = ends[-1]
 
   slot = jnp.arange(capacity, dtype=jnp.int32)
-  rank = jnp.minimum(jnp.searchsorted(ends, slot, side="right"), num_splats - 1).astype(jnp.int32)
+  rank = jnp.searchsorted(ends, slot, side="right", method=_SEARCH)
+  rank = jnp.minimum(rank, num_splats - 1).astype(jnp.int32)
   used = slot < pairs_total
   local = slot - (ends[rank] - counts[rank])
   tile_x = boxes[rank, 0] + local % rect_w[rank]
@@ -85,8 +89,8 @@ def bin_splats(
     sorted_tiles, _, splat_ids = jax.lax.sort((tile, rank, splat_ids), num_keys=2)
 
   tile_ids = jnp.arange(num_tiles, dtype=jnp.int32)
-  starts = jnp.searchsorted(sorted_tiles, tile_ids, side="left")
-  stops = jnp.searchsorted(sorted_tiles, tile_ids, side="right")
+  starts = jnp.searchsorted(sorted_tiles, tile_ids, side="left", method=_SEARCH)
+  stops = jnp.searchsorted(sorted_tiles, tile_ids, side="right", method=_SEARCH)
   return types.TileBins(
       tile_ranges=jnp.stack([starts, stops], axis=-1).astype(jnp.int32),
       splat_ids=jnp.where(jnp.arange(capacity) < jnp.minimum(pairs_total, capacity),

@@ -12,7 +12,7 @@ reference and the tiled path; its gradient inside the backward kernel is `jax.vj
 Lowerings (see docs/pallas.md): interpret mode on CPU; on GPU the Triton lowering by default
 (dynamic while loops and dynamically indexed loads lower there), Mosaic GPU selectable but
 failing; Mosaic TPU lowers. Every kernel-side array op is one the Triton lowering accepts:
-scalar loads, row loads and stores of power-of-two length, elementwise math, lane reductions;
+scalar loads, row loads and stores of power-of-two length, elementwise math, reductions;
 no value slicing or stacking.
 """
 import dataclasses
@@ -172,14 +172,16 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
   index_ref[ROW_STOP, :] = stop_index
 
 
-def _as_row(values, width):
-  """Scalars -> one (width,) row, zero-padded, by lane selects (vector stores suit every
-  lowering; Mosaic TPU cannot store scalars to vector memory, Triton cannot stack)."""
-  lane = jax.lax.broadcasted_iota(jnp.int32, (width,), 0)
-  row = jnp.zeros((width,), jnp.float32)
-  for k, value in enumerate(values):
-    row = jnp.where(lane == k, value, row)
-  return row
+def _sum_rows(lane_values, rows):
+  """(PIXELS,) vectors -> the (rows,) vector of their lane sums, zero-padded, from one 2D
+  reduction: one block-wide reduction per pair instead of one per value (each costs the GPU a
+  synchronisation), and a vector store, which suits every lowering (Mosaic TPU cannot store
+  scalars to vector memory, Triton cannot stack). The block is built by row selects."""
+  row = jax.lax.broadcasted_iota(jnp.int32, (rows, PIXELS), 0)
+  block = jnp.zeros((rows, PIXELS), jnp.float32)
+  for k, values in enumerate(lane_values):
+    block = jnp.where(row == k, values[None, :], block)
+  return jnp.sum(block, axis=1)
 
 
 def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolor_ref, dpixel_ref,
@@ -216,7 +218,12 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
       alpha, z, valid = _alpha_depth(r, c, o, x, y)
       return (alpha, z), valid
 
-    (alpha, z), alpha_depth_vjp, valid = jax.vjp(alpha_depth, ray, mean, opacity, has_aux=True)
+    # Pair scalars as per-lane copies, so the vjp gives per-pixel cotangents, summed below in
+    # one reduction together with the normal's.
+    lanes = lambda values: tuple(jnp.full((PIXELS,), v, jnp.float32) for v in values)
+    (alpha, z), alpha_depth_vjp, valid = jax.vjp(
+        alpha_depth, lanes(ray), lanes(mean), jnp.full((PIXELS,), opacity, jnp.float32),
+        has_aux=True)
     take = valid & (i <= last_index)
     one_minus_alpha = jnp.where(take, 1.0 - alpha, 1.0)
     trans = jnp.where(take, trans / one_minus_alpha, trans)
@@ -239,8 +246,8 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
     dz = dz + jnp.where(median_index == i, dmedian, 0.0)
     behind = behind + w * weight_cotangent
     dray, dmean, dopacity = alpha_depth_vjp((dalpha, dz))
-    dnormal_pair = tuple(jnp.sum(w * dnormal[k]) for k in range(3))
-    grad_ref[i, :] = _as_row((*dray, *dmean, dopacity, *dnormal_pair), GEOM_WIDTH)
+    dnormal_pair = tuple(w * dnormal[k] for k in range(3))
+    grad_ref[i, :] = _sum_rows((*dray, *dmean, dopacity, *dnormal_pair), GEOM_WIDTH)
     dfeat_ref[i, :] = jnp.sum(dcolor * w[None, :], axis=1)
     return i - 1, trans, behind
 

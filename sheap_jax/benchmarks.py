@@ -11,6 +11,9 @@
   posed mesh (all parameters) against the frame's ground-truth posed mesh.
 - `now`: real NoW images, cropped around NoW's face box, predicted neutral meshes written in the
   official layout (`now_data.write_prediction`), then scored against the scans.
+- `expression_probe`: not geometry but expressiveness: a linear classifier
+  (`sheap_jax.expression_probe`) fitted on the predicted expressions of the train identities'
+  emotion-labelled frames names the emotion of held-out identities' frames.
 The "scan" of the synthetic benchmarks is every GT vertex inside NoW's crop sphere (eyeball and
 mouth-pocket vertices included); only `oracle`-style predictors see the GT parameters.
 """
@@ -22,6 +25,7 @@ from PIL import Image
 import tqdm
 
 from data.synthetic_heads import features as F
+from sheap_jax import expression_probe as probe_lib
 from sheap_jax import flame
 from sheap_jax import predictors
 from sheap_jax.metrics import now
@@ -142,6 +146,38 @@ def synthetic_expressions(predictor, model, source, max_items=None, frames_per_i
                     frames_per_identity, batch_size)
 
 
+def labelled_frames(source, max_items=None):
+  """Indices of the records with an emotion label (`gt_emotion >= 0`), in storage order, thinned
+  evenly to at most `max_items`."""
+  indices = [i for i in range(len(source)) if int(source[i][F.GT_EMOTION]) >= 0]
+  if max_items and len(indices) > max_items:
+    indices = [indices[int(k)] for k in np.round(np.linspace(0, len(indices) - 1, max_items))]
+  return indices
+
+
+def _probe_inputs(predictor, source, indices, batch_size):
+  """(features (N, D), emotion labels (N,)) of the given records under `predictor`."""
+  features, labels = [], []
+  for images, examples, _ in _batches(source, indices, batch_size):
+    features.append(probe_lib.probe_features(predictor(images, examples)))
+    labels.append(np.asarray(examples[F.GT_EMOTION]))
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def expression_probe(predictor, train_source, test_source, max_items=None, batch_size=8,
+                     l2=probe_lib.DEFAULT_L2):
+  """The probe's scores (`expression_probe.evaluate`) of one predictor: fitted on the labelled
+  frames of `train_source`, scored on those of `test_source` (other identities)."""
+  splits = {}
+  for name, source in (("train", train_source), ("held-out", test_source)):
+    indices = labelled_frames(source, max_items)
+    if not indices:
+      raise ValueError(f"expression_probe: the {name} split holds no emotion-labelled frames "
+                       "(gt_emotion >= 0); build a config with more identities or frames")
+    splits[name] = _probe_inputs(predictor, source, indices, batch_size)
+  return probe_lib.evaluate(*splits["train"], *splits["held-out"], F.EMOTIONS, l2)
+
+
 def crop_face_box(image, box, size=PREDICTOR_IMAGE_SIZE, enlargement=NOW_FACE_BOX_ENLARGEMENT):
   """SHeaP's NoW crop: the box grown by `enlargement` about its centre, padded to a square
   (black outside the image), resized to size x size. (H, W, 3) uint8 -> float32 [0, 1]."""
@@ -198,4 +234,5 @@ def write_cumulative_plot(results_by_predictor, path):
 
 SYNTHETIC = {"synthetic_neutral": synthetic_neutral,
              "synthetic_expressions": synthetic_expressions}
-NAMES = tuple(SYNTHETIC) + ("now",)
+PROBE = "expression_probe"
+NAMES = tuple(SYNTHETIC) + ("now", PROBE)

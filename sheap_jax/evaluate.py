@@ -6,11 +6,13 @@
       --out /tmp/eval
 
 Benchmarks (comma-separated): synthetic_neutral, synthetic_expressions (held-out identities of
-`synthetic_heads`; the config is built into --data_dir if absent) and now (a NoW dataset
-folder). Predictors (comma-separated): mean_head, oracle, checkpoint:DIR. Per benchmark it
-writes `<out>/<benchmark>.json` (summary and per-item errors of every predictor) and
-`<out>/<benchmark>_cumulative.png`; NoW predictions go to `<out>/now_predictions/<predictor>/`.
-See docs/evaluation.md.
+`synthetic_heads`; the config is built into --data_dir if absent), now (a NoW dataset folder)
+and expression_probe (emotion classification from predicted expressions, fitted on the train
+identities). Predictors (comma-separated): mean_head, oracle, checkpoint:DIR. Per benchmark it
+writes `<out>/<benchmark>.json` and a PNG: for the geometry benchmarks the summary and
+per-item errors of every predictor and `<benchmark>_cumulative.png`, for the probe the
+accuracies, chance levels and confusion matrices and `expression_probe_confusion.png`. NoW
+predictions go to `<out>/now_predictions/<predictor>/`. See docs/evaluation.md.
 """
 import argparse
 import json
@@ -20,6 +22,7 @@ import re
 import tensorflow_datasets as tfds
 
 from sheap_jax import benchmarks
+from sheap_jax import expression_probe
 from sheap_jax import flame
 from sheap_jax import predictors
 from sheap_jax.metrics import now_data
@@ -141,11 +144,44 @@ def write_outputs(name, results, args):
   return json_path, plot_path
 
 
+def run_expression_probe(args, test_source):
+  """Fits and scores the probe for every predictor (train identities -> `args.split`), writes
+  `<out>/expression_probe.json` and `_confusion.png`; returns (benchmark, predictor, result)."""
+  train_source = synthetic_source(args.data_dir, args.config, "train")
+  results = {name: benchmarks.expression_probe(predictor, train_source, test_source,
+                                               max_items=args.max_items,
+                                               batch_size=args.batch_size)
+             for name, predictor in args.predictors.items()}
+  os.makedirs(args.out, exist_ok=True)
+  plot_path = expression_probe.plot_confusion(
+      results, os.path.join(args.out, f"{benchmarks.PROBE}_confusion.png"))
+  json_path = os.path.join(args.out, f"{benchmarks.PROBE}.json")
+  with open(json_path, "w") as f:
+    json.dump({"benchmark": benchmarks.PROBE, "train_split": "train", "split": args.split,
+               "data": os.path.join(args.data_dir, "synthetic_heads", args.config),
+               "confusion_plot": os.path.basename(plot_path), "predictors": results}, f, indent=2)
+  print(f"wrote {json_path} and {plot_path}")
+  return [(benchmarks.PROBE, name, result) for name, result in results.items()]
+
+
 def format_table(rows):
   """Fixed-width table of (benchmark, predictor, summary) rows."""
   header = ("benchmark", "predictor", "items", "median mm", "mean mm", "std mm")
   lines = [(b, p, str(s["num_items"]), f"{s['median_mm']:.4f}", f"{s['mean_mm']:.4f}",
             f"{s['std_mm']:.4f}") for b, p, s in rows]
+  return _fixed_width(header, lines)
+
+
+def format_probe_table(rows):
+  """Fixed-width table of (benchmark, predictor, probe result) rows: accuracy against chance."""
+  header = ("benchmark", "predictor", "train", "test", "accuracy", "majority", "uniform")
+  lines = [(b, p, str(r["num_train"]), str(r["num_test"]), f"{r['accuracy']:.4f}",
+            f"{r['chance_majority']:.4f}", f"{r['chance_uniform']:.4f}") for b, p, r in rows]
+  return _fixed_width(header, lines)
+
+
+def _fixed_width(header, lines):
+  """Columns padded to their widest cell: the first two left-aligned, the rest right-aligned."""
   widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
   fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                             for i, (c, w) in enumerate(zip(r, widths)))
@@ -154,21 +190,25 @@ def format_table(rows):
 
 def main(argv=None):
   args = parse_args(argv)
-  model = load_model(args.flame)
-  rows, source = [], None
+  model, rows, probe_rows, source = None, [], [], None
   for name in args.benchmarks:
-    if name == "now":
-      data = now_data.NowDataset(args.now_dir)
-    else:
-      if source is None:
-        source = synthetic_source(args.data_dir, args.config, args.split)
-      data = source
+    if name != "now" and source is None:
+      source = synthetic_source(args.data_dir, args.config, args.split)
+    if name == benchmarks.PROBE:
+      probe_rows.extend(run_expression_probe(args, source))
+      continue
+    data = now_data.NowDataset(args.now_dir) if name == "now" else source
+    if model is None:  # loaded once, and only for the geometry benchmarks
+      model = load_model(args.flame)
     results = run_benchmark(name, args, model, data)
     json_path, plot_path = write_outputs(name, results, args)
     print(f"wrote {json_path} and {plot_path}")
     rows.extend((name, p, r.summary()) for p, r in results.items())
-  print(format_table(rows))
-  return rows
+  if rows:
+    print(format_table(rows))
+  if probe_rows:
+    print(format_probe_table(probe_rows))
+  return rows + probe_rows
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 Each (variant, seed) is an ordinary training run in `<workdir>/<variant>/seed<k>` (rerunning the
 command resumes unfinished runs and skips finished ones). Every run uses the same config, data
 and step budget; only the variant's overrides and `config.seed` (initialisation and data order)
-differ. Writes `<workdir>/study.json` (per run and per variant: median mm, mean and sample
+differ, and runs are validated only at their last step, without previews. Set
+`JAX_COMPILATION_CACHE_DIR` so that the seeds of a variant compile once. Writes `<workdir>/study.json` (per run and per variant: median mm, mean and sample
 standard deviation over seeds) and `<workdir>/study.png`, and prints a Markdown table.
 """
 import json
@@ -60,6 +61,9 @@ def variant_config(config: ml_collections.ConfigDict, variant: str, seed: int
   config = ml_collections.ConfigDict(config.to_dict())
   VARIANTS[variant][1](config)
   config.seed = seed
+  # Runs are scored once, at their last step, and draw no previews: neither changes training.
+  config.eval_every = config.total_steps
+  config.preview_every = 0
   return config
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from rasterizer.types import RasterOutput
 from sheap_jax import camera as camera_lib
 from sheap_jax import mesh_render
+from sheap_jax import mesh_topology as topology_lib
 from sheap_jax import shading
 
 _FILE = "sheap_jax/mesh_baseline.py"
@@ -56,25 +57,8 @@ class MeshTopology:
   faces: jnp.ndarray  # (F, 3) int32 vertex indices, counter-clockwise seen from outside
   uv_faces: jnp.ndarray  # (F, 3) int32 indices into the UV coordinates
   uvs: jnp.ndarray  # (T, 2) UV coordinates (OBJ convention, v up)
-  neighbours: jnp.ndarray  # (F, 3) int32 face across edge e (corners e -> e+1), -1 if none
-
-
-def edge_neighbours(faces: np.ndarray) -> np.ndarray:
-  """(F, 3) int32: the face sharing edge e (corners e, e+1 mod 3) of each face; -1 for a
-  boundary edge or a non-manifold one (more than two faces), which antialiasing treats as a
-  silhouette."""
-  faces = np.asarray(faces, np.int64)
-  starts, ends = faces.reshape(-1), np.roll(faces, -1, axis=1).reshape(-1)
-  keys = np.minimum(starts, ends) * (faces.max() + 1) + np.maximum(starts, ends)
-  _, edge, counts = np.unique(keys, return_inverse=True, return_counts=True)
-  edge = edge.reshape(-1)
-  order = np.argsort(edge, kind="stable")
-  first = np.r_[0, np.cumsum(counts)[:-1]]  # where each edge's slots start in `order`
-  slot_pairs = order[first[counts == 2, None] + np.arange(2)]  # (E2, 2) slots of manifold edges
-  neighbours = np.full(faces.size, -1, np.int64)
-  neighbours[slot_pairs[:, 0]] = slot_pairs[:, 1] // 3
-  neighbours[slot_pairs[:, 1]] = slot_pairs[:, 0] // 3
-  return neighbours.reshape(-1, 3).astype(np.int32)
+  # (F, 3) int32 face across edge e (corners e -> e+1); -1 on boundary and non-manifold edges
+  neighbours: jnp.ndarray
 
 
 def mesh_topology(faces, uvs, uv_faces) -> MeshTopology:
@@ -92,7 +76,8 @@ def mesh_topology(faces, uvs, uv_faces) -> MeshTopology:
   return MeshTopology(faces=jnp.asarray(faces, jnp.int32),
                       uv_faces=jnp.asarray(uv_faces, jnp.int32),
                       uvs=jnp.asarray(uvs, jnp.float32),
-                      neighbours=jnp.asarray(edge_neighbours(faces)))
+                      neighbours=jnp.asarray(topology_lib.face_adjacency(
+                          faces, link_non_manifold=False)))
 
 
 def _edge_functions(corners: jnp.ndarray, points: jnp.ndarray) -> jnp.ndarray:

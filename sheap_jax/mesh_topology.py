@@ -24,11 +24,13 @@ def check_faces(faces, num_vertices: int | None = None, name: str = "faces") -> 
   return faces.astype(np.int32)
 
 
-def face_adjacency(faces) -> np.ndarray:
+def face_adjacency(faces, link_non_manifold: bool = True) -> np.ndarray:
   """(F, 3) int32: the face across edge e (vertices e, e+1 mod 3) of each face, -1 if none.
 
   A boundary edge has no neighbour. A non-manifold edge (shared by more than two faces) links
-  each of its faces to the next one around the edge, so every face still gets one neighbour.
+  each of its faces to the next one around the edge when `link_non_manifold` (the Gaussians
+  Regressor's graph: every face still gets one neighbour), or to none otherwise (the mesh
+  baseline's antialiasing, which treats such an edge as a silhouette).
   """
   faces = check_faces(faces)
   num_faces = faces.shape[0]
@@ -47,8 +49,8 @@ def face_adjacency(faces) -> np.ndarray:
   rank = np.arange(sorted_edges.size) - start_per_slot
   partner = order[start_per_slot + (rank + 1) % size_per_slot]
   neighbour = np.full(3 * num_faces, -1, np.int64)
-  shared = size_per_slot > 1
-  neighbour[order[shared]] = partner[shared] // 3
+  linked = size_per_slot > 1 if link_non_manifold else size_per_slot == 2
+  neighbour[order[linked]] = partner[linked] // 3
   return neighbour.reshape(num_faces, 3).astype(np.int32)
 
 

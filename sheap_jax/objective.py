@@ -13,11 +13,18 @@ For a (source, target) pair of frames of one video:
    with the target camera;
 5. `losses.total_loss` weighs the terms of `config.losses`.
 
+`config.renderer = "mesh"` swaps steps 2-4 for the paper's baseline: `mesh_baseline.AlbedoHead`
+turns the same inputs into a UV albedo texture, and `mesh_baseline.render` draws the textured
+target mesh (differentiable, antialiased silhouettes) under the same lighting and camera. Its
+depth and normals are the mesh's own, so the terms comparing splats with the mesh and the
+Gaussian regularisers do not apply (`SPLAT_ONLY_LOSSES`) and are skipped.
+
 The loss is computed per pair and averaged over pairs, so a batch split across devices (mean
 of per-device means of equal-size shards) gives exactly the single-device value and gradient.
 """
 import dataclasses
-from typing import Any, Dict, Tuple
+import functools
+from typing import Any, Dict, Optional, Tuple
 
 from flax import struct
 import jax
@@ -28,7 +35,9 @@ import rasterizer
 from sheap_jax import camera as camera_lib
 from sheap_jax import flame as flame_lib
 from sheap_jax import head_model
+from sheap_jax import flame_io
 from sheap_jax import losses
+from sheap_jax import mesh_baseline
 from sheap_jax import mesh_render
 from sheap_jax import rigging
 from sheap_jax import rotation
@@ -38,7 +47,13 @@ from sheap_jax.models import gaussians
 from sheap_jax.models import predictor as predictor_lib
 
 _FILE = "sheap_jax/objective.py"
-RENDERERS = ("gaussians",)
+RENDERERS = ("gaussians", "mesh")
+# Terms that read quantities only splats have: mesh depth/normals against themselves, the 2DGS
+# distortion (0 for one opaque surface) and the Gaussian regularisers. The mesh renderer skips
+# them (as if their weight were 0); `depth_normal` stays: on the mesh it compares the smooth
+# vertex normals with the normals of the rendered depth.
+SPLAT_ONLY_LOSSES = ("depth", "normal", "distortion", "gaussian_offset", "gaussian_scale",
+                     "gaussian_opacity")
 
 # Default environment the predicted lighting offset is added to: constant radiance 1, under
 # which Lambertian shading returns the albedo unchanged.
@@ -48,61 +63,108 @@ DEFAULT_LIGHTING = np.asarray(shading.ambient_directional_sh(1.0, 0.0, (0.0, 0.0
 
 @dataclasses.dataclass(frozen=True)
 class Networks:
-  """The three modules of SHeaP (hashable: closed over by jitted steps)."""
+  """The modules of SHeaP (hashable: closed over by jitted steps). The appearance network is the
+  Gaussians Regressor or, for `config.renderer = "mesh"`, the albedo head; the other is None."""
 
   predictor: predictor_lib.SheapPredictor
-  regressor: gaussians.GaussiansRegressor
+  regressor: Optional[gaussians.GaussiansRegressor]
   dinov2: Any  # vit.VisionTransformer
+  albedo: Optional[mesh_baseline.AlbedoHead] = None
 
 
 @struct.dataclass
 class Frozen:
-  """Arrays the objective reads but never trains: the head model, its face layout, DINOv2."""
+  """Arrays the objective reads but never trains: the head model, DINOv2, and the renderer's
+  topology (the Gaussians' face layout, or the textured mesh's UVs and edge neighbours)."""
 
   flame: flame_lib.FlameModel
-  layout: gaussians.FaceLayout
+  layout: Optional[gaussians.FaceLayout]  # renderer "gaussians", else None
   dinov2: Any  # DINOv2 params
+  mesh: Optional[mesh_baseline.MeshTopology] = None  # renderer "mesh", else None
 
 
 @struct.dataclass
 class Reanimation:
   """The target frame as reconstructed from the pair, batch first."""
 
-  render: rasterizer.RasterOutput  # 2DGS render of the target view, render size
+  render: rasterizer.RasterOutput  # 2DGS (or mesh) render of the target view, render size
   image: jnp.ndarray  # (B, H, W, 3) target image at render size
   vertices: jnp.ndarray  # (B, V, 3) target mesh, world (FLAME) frame
   landmarks: jnp.ndarray  # (B, 68, 2) projected FLAME landmarks, render pixels
   Ks: jnp.ndarray  # (B, 3, 3)
   viewmats: jnp.ndarray  # (B, 4, 4)
-  mesh_depth: jnp.ndarray  # (B, H, W) z-buffer depth of the target mesh, 0 off it
+  # The target mesh's buffers (constants): from the z-buffer renderer for Gaussians; for the
+  # mesh renderer, its own depth and normals (stop-gradient), mask = depth > 0.
+  mesh_depth: jnp.ndarray  # (B, H, W) depth of the target mesh, 0 off it
   mesh_normals: jnp.ndarray  # (B, H, W, 3) camera-frame unit normals of the target mesh
   mesh_mask: jnp.ndarray  # (B, H, W)
   source: predictor_lib.PredictorOutput
   target: predictor_lib.PredictorOutput
-  local_gaussians: rigging.LocalGaussians
+  local_gaussians: Optional[rigging.LocalGaussians]  # renderer "gaussians", else None
+  texture: Optional[jnp.ndarray] = None  # (B, T, T, 3) predicted UV albedo, renderer "mesh"
+
+
+def _check_renderer(config) -> None:
+  if config.renderer not in RENDERERS:
+    raise ValueError(f"{_FILE}: config.renderer={config.renderer!r}; implemented renderers: "
+                     f"{RENDERERS}")
+
+
+@functools.lru_cache(maxsize=1)
+def _head_assets(flame_path: str) -> dict:
+  """The head's FLAME assets: real FLAME from `flame_path`, else the built-in procedural head.
+  Cached (callers must not modify them): the model and its UVs are read once per run."""
+  if flame_path:
+    return flame_io.load_flame_assets(flame_path)
+  return head_model.build_head_assets()
 
 
 def load_flame_model(config) -> flame_lib.FlameModel:
   """Real FLAME from `config.flame_path` when set, otherwise the built-in procedural head."""
-  n_shape, n_expr = config.flame.n_shape, config.flame.n_expression
-  if config.get("flame_path"):
-    return flame_lib.load_flame(config.flame_path, n_shape, n_expr)
-  return flame_lib.FlameModel.from_assets(head_model.build_head_assets(), n_shape, n_expr)
+  assets = _head_assets(config.get("flame_path") or "")
+  return flame_lib.FlameModel.from_assets(assets, config.flame.n_shape, config.flame.n_expression)
+
+
+def load_mesh_topology(config, flame_model: flame_lib.FlameModel) -> mesh_baseline.MeshTopology:
+  """The textured mesh the mesh renderer draws: `flame_model`'s faces with the UVs of the head
+  `config` names (FLAME's head_template.obj, or the built-in head's atlas)."""
+  path = config.get("flame_path") or ""
+  assets = _head_assets(path)
+  where = path or "the built-in head (sheap_jax/head_model.py)"
+  if "vt" not in assets:
+    raise flame_io.FlameFileError(
+        where, f"has no UV coordinates, which config.renderer='mesh' needs: put FLAME's "
+        f"{flame_io.UV_TEMPLATE_FILE} next to the model file (or use a .npz holding 'vt' and "
+        "'ft')")
+  faces = np.asarray(flame_model.faces)
+  if not np.array_equal(np.asarray(assets["f"]).astype(np.int64), faces):
+    raise ValueError(f"{_FILE}: the UVs of {where} belong to other faces than the FLAME model "
+                     f"in use ({np.asarray(assets['f']).shape[0]} vs {faces.shape[0]} faces): "
+                     "pass the model that config.flame_path names")
+  return mesh_baseline.mesh_topology(faces, assets["vt"], assets["ft"])
 
 
 def build_networks(config) -> Networks:
-  """Modules from `config.model`, `config.regressor`, `config.dinov2` and `config.flame`."""
+  """Modules from `config.model`, `config.regressor` (the appearance network, whichever the
+  renderer), `config.dinov2` and `config.flame`; for the mesh renderer, `config.albedo` (when
+  present) overrides `AlbedoHead` fields, e.g. texture_size and grid_size."""
+  _check_renderer(config)
   m, r = config.model, config.regressor
   dtype = jnp.bfloat16 if config.get("bfloat16") else jnp.float32
   predictor = predictor_lib.SheapPredictor(
       size=m.size, image_size=m.image_size, n_shape=config.flame.n_shape,
       n_expression=config.flame.n_expression, identity_dim=m.identity_dim,
       shape_source=m.shape_source, output_tokens=m.output_tokens, remat=m.remat, dtype=dtype)
+  encoder = dinov2.build(dinov2_config(config), dtype=dtype)
+  if config.renderer == "mesh":
+    options = dict(width=r.width, num_heads=r.num_heads)
+    options.update(dict(config.get("albedo") or {}))
+    return Networks(predictor=predictor, regressor=None, dinov2=encoder,
+                    albedo=mesh_baseline.AlbedoHead(**options))
   regressor = gaussians.GaussiansRegressor(
       width=r.width, depth=r.depth, num_heads=r.num_heads,
       gaussians_per_face=r.gaussians_per_face, feature_dim=3, dtype=dtype)
-  return Networks(predictor=predictor, regressor=regressor,
-                  dinov2=dinov2.build(dinov2_config(config), dtype=dtype))
+  return Networks(predictor=predictor, regressor=regressor, dinov2=encoder)
 
 
 def dinov2_config(config) -> Dict[str, Any]:
@@ -113,28 +175,40 @@ def dinov2_config(config) -> Dict[str, Any]:
 
 
 def build_frozen(config, flame_model: flame_lib.FlameModel) -> Frozen:
-  """The frozen inputs: face layout of the model's topology and DINOv2 weights (converted
-  weights from `config.dinov2.path`, else a seeded random encoder, with a warning)."""
-  layout = gaussians.face_layout(np.asarray(flame_model.faces), np.asarray(flame_model.v_template))
+  """The frozen inputs: the renderer's topology (face layout for Gaussians, textured mesh for
+  the mesh renderer) and DINOv2 weights (converted weights from `config.dinov2.path`, else a
+  seeded random encoder, with a warning)."""
+  _check_renderer(config)
+  if config.renderer == "mesh":
+    layout, mesh = None, load_mesh_topology(config, flame_model)
+  else:
+    layout = gaussians.face_layout(np.asarray(flame_model.faces),
+                                   np.asarray(flame_model.v_template))
+    mesh = None
   _, params = dinov2.load_or_init(config.dinov2.get("path"), dinov2_config(config),
                                   seed=config.seed)
-  return Frozen(flame=flame_model, layout=layout, dinov2=params)
+  return Frozen(flame=flame_model, layout=layout, dinov2=params, mesh=mesh)
 
 
 def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, Any]:
-  """Trainable parameters {"predictor", "regressor"} (DINOv2 is not among them)."""
+  """Trainable parameters (DINOv2 is not among them): {"predictor", "regressor"} for Gaussians,
+  {"predictor", "albedo"} for the mesh renderer."""
   size = config.model.image_size
   num_patches = _dinov2_num_patches(config)
 
   @jax.jit
   def init(rng, layout):
-    predictor_rng, regressor_rng = jax.random.split(rng)
+    predictor_rng, appearance_rng = jax.random.split(rng)
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     tokens = jnp.zeros((1, num_patches, networks.dinov2.width), jnp.float32)
     identity = jnp.zeros((1, config.model.identity_dim), jnp.float32)
-    return {"predictor": networks.predictor.init(predictor_rng, images)["params"],
-            "regressor": networks.regressor.init(regressor_rng, identity, tokens,
-                                                 layout)["params"]}
+    params = {"predictor": networks.predictor.init(predictor_rng, images)["params"]}
+    if networks.albedo is not None:
+      params["albedo"] = networks.albedo.init(appearance_rng, identity, tokens)["params"]
+    else:
+      params["regressor"] = networks.regressor.init(appearance_rng, identity, tokens,
+                                                    layout)["params"]
+    return params
 
   return init(rng, frozen.layout)
 
@@ -192,9 +266,7 @@ def _render_mesh_buffers(vertices, faces, Ks, viewmats, size):
 def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: jnp.ndarray,
               target_image: jnp.ndarray) -> Reanimation:
   """Renders the target frame from the pair (images (B, S, S, 3) at `config.model.image_size`)."""
-  if config.renderer not in RENDERERS:
-    raise ValueError(f"{_FILE}: config.renderer={config.renderer!r}; implemented renderers: "
-                     f"{RENDERERS}")
+  _check_renderer(config)
   batch = source_image.shape[0]
   both = networks.predictor.apply({"params": params["predictor"]},
                                   jnp.concatenate([source_image, target_image], axis=0))
@@ -203,29 +275,40 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
 
   dinov2_input = resize_images(source_image, config.dinov2.image_size)
   tokens = dinov2.frozen_features(networks.dinov2, frozen.dinov2, dinov2_input).patch_tokens
-  local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
-                                   frozen.layout)
 
   flame_out = flame_lib.flame_forward(frozen.flame, _flame_params(source, target))
   size = config.render.size
   K = camera_lib.intrinsics_from_fov(camera_lib.SHEAP_FOV_Y_DEGREES, size, size)
   Ks = jnp.broadcast_to(K, (batch, 3, 3))
   viewmats = jax.vmap(camera_lib.flame_viewmat)(target.camera_translation)
+  lighting = DEFAULT_LIGHTING + source.lighting
+  background = jnp.asarray(config.render.background, jnp.float32)
 
-  splats = rigging.rig_gaussians(local, flame_out.vertices, frozen.flame.faces)
-  splats = _shade_splats(splats, viewmats, DEFAULT_LIGHTING + source.lighting)
-  render = rasterizer.rasterize(
-      splats, viewmats, Ks, size, size, jnp.asarray(config.render.background, jnp.float32),
-      impl=config.render.impl, capacity=config.render.get("capacity"))
+  local = texture = None
+  if config.renderer == "mesh":
+    texture = networks.albedo.apply({"params": params["albedo"]}, source.identity, tokens)
+    render = mesh_baseline.render(
+        flame_out.vertices, frozen.mesh,
+        camera_lib.Camera(K=Ks, viewmat=viewmats, width=size, height=size), texture, lighting,
+        background)
+    depth, normals = jax.lax.stop_gradient((render.depth, render.normals))
+    mask = (depth > 0).astype(jnp.float32)
+  else:
+    local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
+                                     frozen.layout)
+    splats = rigging.rig_gaussians(local, flame_out.vertices, frozen.flame.faces)
+    render = rasterizer.rasterize(
+        _shade_splats(splats, viewmats, lighting), viewmats, Ks, size, size, background,
+        impl=config.render.impl, capacity=config.render.get("capacity"))
+    depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.flame.faces, Ks,
+                                                viewmats, size)
 
   landmarks = jax.vmap(lambda K_, v, p: camera_lib.project(
       K_, camera_lib.world_to_camera(v, p)))(Ks, viewmats, flame_out.landmarks68)
-  depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.flame.faces, Ks,
-                                              viewmats, size)
   return Reanimation(
       render=render, image=resize_images(target_image, size), vertices=flame_out.vertices,
       landmarks=landmarks, Ks=Ks, viewmats=viewmats, mesh_depth=depth, mesh_normals=normals,
-      mesh_mask=mask, source=source, target=target, local_gaussians=local)
+      mesh_mask=mask, source=source, target=target, local_gaussians=local, texture=texture)
 
 
 def _to_render_pixels(points: jnp.ndarray, image_size: int, render_size: int) -> jnp.ndarray:
@@ -236,6 +319,7 @@ def _to_render_pixels(points: jnp.ndarray, image_size: int, render_size: int) ->
 def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jnp.ndarray],
                  out: Reanimation) -> losses.LossContext:
   """Everything `losses.total_loss` reads, for one reanimated batch."""
+  local = out.local_gaussians
   landmarks_target = batch.get("target_landmarks")
   if landmarks_target is not None:
     landmarks_target = _to_render_pixels(landmarks_target, batch["target_image"].shape[1],
@@ -247,11 +331,19 @@ def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jn
       landmarks_valid=batch.get("target_landmarks_valid"),
       flame_source=_flame_params(out.source, out.source),
       flame_target=_flame_params(out.target, out.target),
-      gaussian_offsets=out.local_gaussians.offsets, gaussian_scales=out.local_gaussians.scales,
-      gaussian_opacities=out.local_gaussians.opacities,
+      gaussian_offsets=None if local is None else local.offsets,
+      gaussian_scales=None if local is None else local.scales,
+      gaussian_opacities=None if local is None else local.opacities,
       feature_fn=losses.dinov2_feature_fn(networks.dinov2, frozen.dinov2,
                                           tuple(config.dinov2.feature_blocks),
                                           input_size=config.dinov2.image_size))
+
+
+def applicable_losses(config) -> Dict[str, Any]:
+  """`config.losses` without the terms the renderer cannot evaluate (`SPLAT_ONLY_LOSSES` for
+  the mesh renderer)."""
+  skipped = SPLAT_ONLY_LOSSES if config.renderer == "mesh" else ()
+  return {name: entry for name, entry in config.losses.items() if name not in skipped}
 
 
 def pair_losses(networks: Networks, params, frozen: Frozen, config,
@@ -260,10 +352,11 @@ def pair_losses(networks: Networks, params, frozen: Frozen, config,
   out = reanimate(networks, params, frozen, config, batch["source_image"], batch["target_image"])
   context = loss_context(networks, frozen, config, batch, out)
   feature_fn = context.feature_fn
+  terms_config = applicable_losses(config)
 
   def one_pair(single):
     single = jax.tree.map(lambda x: x[None], single).replace(feature_fn=feature_fn)
-    return losses.total_loss(config.losses, single)
+    return losses.total_loss(terms_config, single)
 
   totals, terms = jax.vmap(one_pair)(context.replace(feature_fn=None))
   return totals, terms

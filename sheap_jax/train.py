@@ -51,7 +51,7 @@ MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_land
 @struct.dataclass
 class TrainState:
   step: jnp.ndarray  # () int32 updates attempted
-  params: Any  # {"predictor", "regressor"}
+  params: Any  # objective.init_params: {"predictor", "regressor"}, or "albedo" for the mesh
   opt_state: Any
   skipped_steps: jnp.ndarray  # () int32 updates skipped for non-finite gradients
 

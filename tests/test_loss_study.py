@@ -24,6 +24,8 @@ def test_no_landmarks_changes_only_the_landmark_weight():
   config = loss_study.variant_config(original, "no_landmarks", seed=original.seed)
   assert config.losses.landmarks.weight == 0
   config.losses.landmarks.weight = original.losses.landmarks.weight
+  assert config.eval_every == config.total_steps and config.preview_every == 0
+  config.eval_every, config.preview_every = original.eval_every, original.preview_every
   assert config.to_dict() == original.to_dict()
   assert original.losses.landmarks.weight != 0  # the original is not edited
 

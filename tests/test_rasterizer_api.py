@@ -61,3 +61,36 @@ def test_bad_input_is_named(change, message):
     rasterizer.rasterize(args["splats"], args["viewmats"], args["Ks"], WIDTH, HEIGHT,
                          args["background"], impl=args["impl"])
   assert "rasterizer.rasterize" in str(error.value)
+
+
+def _dot_precisions(jaxpr):
+  """Precision of every dot_general in a jaxpr and, recursively, in its sub-jaxprs."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn.params["precision"])
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          found += _dot_precisions(sub)
+  return found
+
+
+@pytest.mark.parametrize("impl", rasterizer.IMPLEMENTATIONS)
+def test_every_matmul_asks_for_full_float32(impl):
+  # GPUs run float32 matmuls in TF32 (relative error 2^-11) unless told otherwise; that was the
+  # 4.9e-4 colour / 3.6e-4 normal difference of the first H200 check (docs/pallas.md).
+  rng = np.random.default_rng(0)
+  splats = _splats(rng, 6)
+  Ks = jnp.asarray(oracle.pinhole(WIDTH, HEIGHT, 20.0))[None]
+
+  def loss(splats, viewmats):
+    out = rasterizer.rasterize(splats, viewmats, Ks, WIDTH, HEIGHT, jnp.zeros(3), impl=impl)
+    return jnp.sum(out.color) + jnp.sum(out.normals) + jnp.sum(out.depth)
+
+  jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(splats, jnp.eye(4)[None])
+  precisions = _dot_precisions(jaxpr.jaxpr)
+  assert precisions  # the walk reaches the matmuls (projection, colour and normal sums)
+  highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+  assert all(p == highest for p in precisions), precisions

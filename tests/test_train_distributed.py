@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -49,11 +50,11 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
     mine = {k: np.asarray(v)[rows].reshape((local, 1) + v.shape[1:]) for k, v in batch.items()}
     batches.append(train.shard_batch(mine, mesh))
   # Compile first, then meet: Gloo gives a process 30 s to join the first collective, less
-  # than a compilation takes on a busy CPU.
+  # than a compilation takes on a busy CPU, so the barrier cannot be a collective itself
+  # (multihost_utils.sync_global_devices is one).
   step = step.lower(state, frozen, batches[0]).compile()
   if num_processes > 1:
-    from jax._src import distributed  # pylint: disable=import-outside-toplevel
-    distributed.global_state.client.wait_at_barrier("train_step_compiled", 900_000)
+    file_barrier(out_dir, "train_step_compiled", process_id, num_processes)
   losses = []
   for batch in batches:
     state, metrics = step(state, frozen, batch)
@@ -63,6 +64,21 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
     np.savez(os.path.join(out_dir, "params.npz"), *params)
     with open(os.path.join(out_dir, "losses.json"), "w") as f:
       json.dump(losses, f)
+
+
+def file_barrier(directory: str, name: str, process_id: int, num_processes: int,
+                 timeout_s: float = 900.0) -> None:
+  """Returns once every process has called it: each leaves a marker file in the directory they
+  share (one machine), then waits for the others' markers."""
+  marker = lambda i: os.path.join(directory, f"{name}.{i}")
+  with open(marker(process_id), "w"):
+    pass
+  deadline = time.monotonic() + timeout_s
+  while not all(os.path.exists(marker(i)) for i in range(num_processes)):
+    if time.monotonic() > deadline:
+      raise TimeoutError(f"tests/test_train_distributed.py: barrier {name!r}: not every one of "
+                         f"{num_processes} processes arrived within {timeout_s} s")
+    time.sleep(0.05)
 
 
 def _free_port() -> int:
