@@ -276,6 +276,23 @@ def test_reads_a_built_video_folder_dataset(tmp_path):
     assert set(training) == set(frame_features.TRAINING_KEYS)
     for key in frame_features.TRAINING_KEYS:
       np.testing.assert_array_equal(training[key], record[key])
+      assert type(training[key]) is type(record[key])
+      assert np.asarray(training[key]).dtype == np.asarray(record[key]).dtype
+  # Raw bytes that do not decode to what TFDS says (here: the next record's) are not trusted.
+  class Shifted:
+    dataset_info = source.dataset_info
+    data_source = [source.data_source[(i + 1) % len(source)] for i in range(len(source))]
+
+    def __len__(self):
+      return len(source)
+
+    def __getitem__(self, index):
+      return source[index]
+
+  shifted = pairs.TrainingFields(Shifted())
+  for index in range(len(source)):
+    np.testing.assert_array_equal(shifted[index][frame_features.LANDMARKS],
+                                  source[index][frame_features.LANDMARKS])
   iterator = pairs.make_pair_iterator(str(builder.data_path), **_loader_kwargs(
       global_batch_size=4, augment=True))
   batch = next(iterator)

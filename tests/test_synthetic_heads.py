@@ -86,8 +86,10 @@ def records(sources):
 
 
 def test_layout_splits_and_training_view(built):
+  from data import pairs  # pylint: disable=import-outside-toplevel
   _, sources = built
   c = TEST_CONFIG
+  training_reads = {split: pairs.TrainingFields(source) for split, source in sources.items()}
   videos = {}
   for split, source in sources.items():
     assert len(source) == len(c.splits[split]) * c.frames_per_video
@@ -102,6 +104,10 @@ def test_layout_splits_and_training_view(built):
       assert image.shape == (c.image_size, c.image_size, 3) and image.dtype == np.uint8
       assert image.std() > 10  # a picture, not a flat colour
       np.testing.assert_array_equal(image, _pillow_decode(r[F.IMAGE]))  # a standard PNG
+      fields = training_reads[split][i]  # what the pair pipeline reads: the same values
+      assert set(fields) == set(F.TRAINING_KEYS)
+      for key in F.TRAINING_KEYS:
+        np.testing.assert_array_equal(fields[key], r[key])
       training = F.drop_ground_truth(r)
       assert set(training) == set(F.TRAINING_KEYS) == {
           F.IMAGE, F.LANDMARKS, F.LANDMARKS_VALID, F.VIDEO_ID, F.FRAME_INDEX,
