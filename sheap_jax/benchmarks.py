@@ -91,13 +91,22 @@ def _batches(source, indices, batch_size):
 
 
 def _check_model_matches(model, examples):
-  """Stored GT meshes must come from `model` (the built-in head the data was rendered with)."""
-  for key in (F.GT_VERTICES, F.GT_NEUTRAL_VERTICES):
-    if key in examples and examples[key].shape[-2] != model.num_vertices:
+  """GT meshes (stored, or recomputed from the `gt_` parameters with `model`) must come from
+  the built-in head the data was rendered with."""
+  stored = [key for key in (F.GT_VERTICES, F.GT_NEUTRAL_VERTICES) if key in examples]
+  for key in stored:
+    if examples[key].shape[-2] != model.num_vertices:
       raise ValueError(f"the synthetic ground truth ({key}) has {examples[key].shape[-2]} "
                        f"vertices but the FLAME model has {model.num_vertices}: synthetic "
                        "benchmarks need the built-in head the data was rendered with (omit "
                        "--flame)")
+  if not stored:
+    from data.synthetic_heads import assets  # pylint: disable=import-outside-toplevel
+    rendered_with = assets.head_assets().model.num_vertices
+    if model.num_vertices != rendered_with:
+      raise ValueError(f"the synthetic frames were rendered with the built-in head "
+                       f"({rendered_with} vertices) but the FLAME model has "
+                       f"{model.num_vertices}: synthetic benchmarks need that head (omit --flame)")
 
 
 def _score(model, pred_vertices, gt_vertices):

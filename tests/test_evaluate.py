@@ -25,7 +25,7 @@ from sheap_jax.metrics import now_data
 EVAL_CONFIG = dataclasses.replace(
     configs.BUILDER_CONFIGS[0], name="eval64", description="tests/test_evaluate.py",
     image_size=64, texture_size=64, supersample=1, num_train=0, num_validation=2, num_test=0,
-    frames_per_video=2)
+    frames_per_video=2, store_vertices=True)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,11 @@ def test_crop_face_box_pads_and_resizes():
   assert crop[9:27, 9:27].min() == 1.0
 
 
-def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_path, capsys):
+def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, source, tmp_path,
+                                                                 capsys):
+  meshes = (benchmarks.F.GT_VERTICES, benchmarks.F.GT_NEUTRAL_VERTICES)
+  without_meshes = [{k: v for k, v in source[i].items() if k not in meshes}
+                    for i in range(len(source))]
   cases = [
       (["--benchmark", "nowish"], "unknown benchmark"),
       (["--benchmark", "now"], "needs --now_dir"),
