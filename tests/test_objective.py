@@ -99,15 +99,18 @@ def perturbed_params(params, rng, scale=0.01):
                       params)
 
 
-@pytest.fixture(scope="module")
-def setup():
-  config = small_config()
-  model = small_flame_model()
+def _objective_setup(config, model, params_seed):
+  """(config, networks, frozen, perturbed params) of the objective for `model`."""
   networks = objective.build_networks(config)
   with pytest.warns(UserWarning, match="random initialisation"):
     frozen = objective.build_frozen(config, model)
   params = objective.init_params(networks, frozen, config, jax.random.PRNGKey(0))
-  return config, networks, frozen, perturbed_params(params, np.random.default_rng(1))
+  return config, networks, frozen, perturbed_params(params, np.random.default_rng(params_seed))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  return _objective_setup(small_config(), small_flame_model(), params_seed=1)
 
 
 def test_reanimation_composes_source_identity_with_target_motion(setup):
@@ -238,12 +241,7 @@ def mesh_setup(tmp_path_factory):
   path = tmp_path_factory.mktemp("head") / "small_head.npz"
   flame_io.save_flame(path, small_flame_assets(outward_winding=True))
   config = mesh_config(path)
-  model = objective.load_flame_model(config)
-  networks = objective.build_networks(config)
-  with pytest.warns(UserWarning, match="random initialisation"):
-    frozen = objective.build_frozen(config, model)
-  params = objective.init_params(networks, frozen, config, jax.random.PRNGKey(0))
-  return config, networks, frozen, perturbed_params(params, np.random.default_rng(6))
+  return _objective_setup(config, objective.load_flame_model(config), params_seed=6)
 
 
 def test_mesh_renderer_renders_the_albedo_head_texture_and_trains_both_networks(mesh_setup):
