@@ -37,8 +37,9 @@ def splat_alpha_depth(
   forward: the two pixel planes k = x T_w - T_u, l = y T_w - T_v meet in the line p = k x l,
   which hits the splat plane at s = p.xy / p.z; rho = min(|s|^2, 2 |c - x|^2) (low-pass
   filter); the depth is that of the ray-splat intersection (the official code uses it for
-  filtered pixels too). Misses (p.z = 0, depth < near, alpha < 1/255) get alpha 0 and depth 1,
-  finite values whose gradients vanish.
+  filtered pixels too, but differentiates it there only through T_w, holding s fixed). Misses
+  (p.z = 0, depth < near, alpha < 1/255) get alpha 0 and depth 1, finite values whose
+  gradients vanish.
   """
   kx, ky, kz = (x * tw[i] - tu[i] for i in range(3))
   lx, ly, lz = (y * tw[i] - tv[i] for i in range(3))
@@ -52,7 +53,13 @@ def splat_alpha_depth(
   dx, dy = mean_x - x, mean_y - y
   rho2d = types.FILTER_INV_SQUARE * (dx * dx + dy * dy)
   rho = jnp.minimum(rho3d, rho2d)
-  depth = sx * tw[0] + sy * tw[1] + tw[2]
+  # Where the low-pass filter wins (tiny or edge-on splats), s = p.xy / p.z is ill-conditioned
+  # (d s / d T grows like 1 / p.z): the official backward then sends the depth's gradient to
+  # T_w alone, holding s fixed. stop_gradient gives every implementation that rule.
+  filtered = rho2d < rho3d
+  sx_depth = jnp.where(filtered, jax.lax.stop_gradient(sx), sx)
+  sy_depth = jnp.where(filtered, jax.lax.stop_gradient(sy), sy)
+  depth = sx_depth * tw[0] + sy_depth * tw[1] + tw[2]
   alpha = jnp.minimum(types.ALPHA_MAX, opacity * jnp.exp(-0.5 * rho))
   hit = nonsingular & (depth >= types.NEAR_PLANE) & (alpha >= types.ALPHA_MIN)
   return jnp.where(hit, alpha, 0.0), jnp.where(hit, depth, 1.0), hit

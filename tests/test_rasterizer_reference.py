@@ -193,3 +193,57 @@ def test_reference_gradients_match_finite_differences_in_float64():
       assert np.abs(want).max() > 1e-3, name  # the input matters to the loss
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
                                  err_msg=name)
+
+
+def _intersection_depth(tu, tv, tw, x, y):
+  """NumPy float64: the ray-splat intersection s and its depth at pixel (x, y)."""
+  k, l = x * tw - tu, y * tw - tv
+  p = np.cross(k, l)
+  s = p[:2] / p[2]
+  return s, s @ tw[:2] + tw[2]
+
+
+def test_depth_gradient_holds_s_fixed_where_the_low_pass_filter_wins():
+  """Official backward: an unfiltered pixel's depth is differentiated through s (checked by
+  central differences); a filtered one's only through T_w, d depth / d T_w = (s_x, s_y, 1)."""
+  from rasterizer import splat_math, types  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng()
+  checked = {True: 0, False: 0}
+  with jax.enable_x64(True):
+    def depth(tu, tv, tw, mean, x, y):
+      return splat_math.splat_alpha_depth(tuple(tu), tuple(tv), tuple(tw), mean[0], mean[1],
+                                          0.9, x, y)[1]
+    depth_grad = jax.jit(jax.grad(depth, argnums=(0, 1, 2)))
+    while min(checked.values()) < 5:
+      tw = np.array([*rng.normal(0, 0.3, 2), rng.uniform(1.5, 3.0)])
+      tu = np.array([*rng.normal(0, 4.0, 2), 0.0]) + 5.0 * tw  # pixel = (T_u . h) / (T_w . h)
+      tv = np.array([*rng.normal(0, 4.0, 2), 0.0]) + 4.0 * tw
+      tu[rng.integers(2)] *= rng.choice([1.0, 0.05])  # sometimes nearly edge-on: filtered
+      mean = np.array([tu[2] / tw[2], tv[2] / tw[2]])
+      x, y = mean + rng.normal(0, 0.8, 2)
+      s, want_depth = _intersection_depth(tu, tv, tw, x, y)
+      rho3d = s @ s
+      rho2d = types.FILTER_INV_SQUARE * np.sum((mean - [x, y]) ** 2)
+      alpha = 0.9 * np.exp(-0.5 * min(rho3d, rho2d))
+      if abs(rho3d - rho2d) < 0.1 * max(rho3d, rho2d) or alpha < 0.05 or want_depth < 0.5:
+        continue  # keep a margin from the switch, the alpha cut-off and the near plane
+      filtered = bool(rho2d < rho3d)
+      got = [np.asarray(g) for g in depth_grad(tu, tv, tw, mean, x, y)]
+      if filtered:
+        want = [np.zeros(3), np.zeros(3), np.array([s[0], s[1], 1.0])]
+      else:
+        want = []
+        for row in range(3):
+          rows = [tu, tv, tw]
+          column = np.zeros(3)
+          for i in range(3):
+            step = np.zeros(3)
+            step[i] = 1e-6
+            plus = [r + step if j == row else r for j, r in enumerate(rows)]
+            minus = [r - step if j == row else r for j, r in enumerate(rows)]
+            column[i] = (_intersection_depth(*plus, x, y)[1]
+                         - _intersection_depth(*minus, x, y)[1]) / 2e-6
+          want.append(column)
+      for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7 * (1 + np.abs(w).max()))
+      checked[filtered] += 1
