@@ -1,13 +1,17 @@
 """Which loss terms steer training: the gradient norm of each weighted term at initialisation.
 
     python bench/loss_gradients.py --config configs/base.py:cpu --out bench/results/loss_gradients_cpu.json
+    python bench/loss_gradients.py --config configs/base.py:cpu --config.render.geometry_gradients=all
 
 With global-norm clipping (`config.optimizer.clip_norm`) the update follows the sum of the
-weighted terms' gradients; a term whose gradient norm is 100x another's sets the direction
-alone. This prints, per active term of `config.losses`, the norm of d(weight * term)/d(params)
-for the predictor and the Gaussians Regressor (or albedo head), on one batch of random images
-and landmarks at the config's sizes, freshly initialised parameters. Writes JSON records
-`term`, `weight`, `predictor_norm`, `renderer_norm`, `config`, `device`.
+weighted terms' gradients, and Adam normalises each parameter by its own history: a term whose
+gradient on a head is 100x another's sets that head's direction alone. This prints, per active
+term of `config.losses`, the norm of d(weight * term)/d(params) for the predictor, split into its
+output heads (shape, expression, pose = global/neck/jaw/eyes/eyelids, camera, lighting, identity
+features) and its trunk, and for the Gaussians Regressor (or albedo head), on one batch of random
+images and landmarks at the config's sizes, freshly initialised parameters. Writes JSON records
+`term`, `weight`, `predictor_norm`, `heads` ({group: norm}), `renderer_norm`, `config`,
+`geometry_gradients`, `device`.
 """
 import json
 import os
@@ -33,8 +37,28 @@ def _norm(tree) -> jnp.ndarray:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
+# Predictor heads grouped by what they predict (the rest of the predictor is its trunk).
+HEAD_GROUPS = {
+    "shape": ("head_shape",), "expression": ("head_expression",),
+    "pose": ("head_global_pose", "head_neck_pose", "head_jaw_pose", "head_eye_pose",
+             "head_eyelids"),
+    "camera": ("head_camera_translation",), "lighting": ("head_lighting",),
+    "identity": ("head_identity",),
+}
+
+
+def _head_norms(predictor_grads) -> dict:
+  """{group: norm} of the predictor gradient per head group, plus "trunk" for the rest."""
+  grouped = {name for names in HEAD_GROUPS.values() for name in names}
+  norms = {group: _norm([predictor_grads[n] for n in names if n in predictor_grads])
+           for group, names in HEAD_GROUPS.items()}
+  norms["trunk"] = _norm([v for k, v in predictor_grads.items() if k not in grouped])
+  return norms
+
+
 def term_gradient_norms(config, batch_size: int, seed: int = 0):
-  """{term: (predictor norm, renderer-network norm)} of each active weighted term."""
+  """{term: (predictor norm, {head group: norm}, renderer-network norm)} of each active
+  weighted term."""
   networks = objective.build_networks(config)
   frozen = objective.build_frozen(config, objective.load_flame_model(config))
   params = objective.init_params(networks, frozen, config, jax.random.PRNGKey(seed))
@@ -53,9 +77,11 @@ def term_gradient_norms(config, batch_size: int, seed: int = 0):
       return config.losses[name].weight * objective.mean_loss(networks, p, frozen, config,
                                                               batch)[1][name]
     grads = {n: jax.grad(weighted)(params, n) for n in names}
-    return {n: (_norm(g["predictor"]), _norm(g[renderer_key])) for n, g in grads.items()}
+    return {n: (_norm(g["predictor"]), _head_norms(g["predictor"]), _norm(g[renderer_key]))
+            for n, g in grads.items()}
 
-  return {n: tuple(float(v) for v in pair) for n, pair in norms(params).items()}
+  return {n: (float(total), {k: float(v) for k, v in heads.items()}, float(renderer))
+          for n, (total, heads, renderer) in norms(params).items()}
 
 
 def main(argv):
@@ -63,15 +89,21 @@ def main(argv):
   config = _CONFIG.value
   results = term_gradient_norms(config, _BATCH.value)
   device = f"{jax.devices()[0].device_kind}"
-  print(f"{'term':<20}{'weight':>10}{'|grad| predictor':>18}{'|grad| renderer':>17}")
+  groups = list(HEAD_GROUPS) + ["trunk"]
+  routing = config.render.get("geometry_gradients", "gaussians")
+  print(f"geometry_gradients={routing}; |d(weight * term)/d(params)| at initialisation")
+  print(f"{'term':<16}{'weight':>8}{'predictor':>11}" + "".join(f"{g:>11}" for g in groups)
+        + f"{'renderer':>11}")
   records = []
-  for name, (predictor_norm, renderer_norm) in sorted(results.items(), key=lambda kv: -kv[1][0]):
+  for name, (predictor_norm, heads, renderer_norm) in sorted(results.items(),
+                                                             key=lambda kv: -kv[1][0]):
     weight = config.losses[name].weight
-    print(f"{name:<20}{weight:>10g}{predictor_norm:>18.4g}{renderer_norm:>17.4g}")
-    records.append(dict(term=name, weight=weight, predictor_norm=predictor_norm,
+    print(f"{name:<16}{weight:>8g}{predictor_norm:>11.3g}"
+          + "".join(f"{heads[g]:>11.3g}" for g in groups) + f"{renderer_norm:>11.3g}")
+    records.append(dict(term=name, weight=weight, predictor_norm=predictor_norm, heads=heads,
                         renderer_norm=renderer_norm,
                         config=config_flags.get_config_filename(flags.FLAGS["config"]),
-                        device=device))
+                        geometry_gradients=routing, device=device))
   if _OUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w") as f:

@@ -33,8 +33,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),
                   arch=None)
-  # 2DGS render of the target view: size (square), rasteriser implementation, background.
-  c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0))
+  # 2DGS render of the target view: size (square), rasteriser implementation, background, and
+  # where the depth/normal/distortion buffers' gradients go: "gaussians" (the Gaussians
+  # Regressor only; the mesh is what those terms measure against) or "all" (also the predictor,
+  # through the rig). See docs/training.md.
+  c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0),
+                  geometry_gradients="gaussians")
   c.losses = losses.default_losses_config()
 
   # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets.
@@ -60,7 +64,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.regressor = dict(width=32, depth=1, num_heads=2, gaussians_per_face=1)
     c.dinov2 = dict(variant="vits14", path="", image_size=56, feature_blocks=(1,),
                     arch=dict(width=32, depth=2, num_heads=2, mlp_dim=64, pos_embed_grid=(4, 4)))
-    c.render = dict(size=64, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0))
+    c.render.size = 64
     c.data.variant = "demo"
     c.data.build_if_missing = True
     c.data.num_workers = 0

@@ -9,8 +9,9 @@ For a (source, target) pair of frames of one video:
    rigged onto it, shaded with the source's spherical-harmonics lighting (per splat, from the
    splat normal) and rendered by the 2DGS rasteriser with the target's camera;
 4. the non-differentiable z-buffer renderer draws the same mesh's depth and normals, the
-   constants the geometry losses compare the splats with; FLAME's 68 landmarks are projected
-   with the target camera;
+   constants the geometry losses compare the splats with; by default the gradients of the
+   render's geometry buffers train only the Gaussians (`config.render.geometry_gradients`);
+   FLAME's 68 landmarks are projected with the target camera;
 5. `losses.total_loss` weighs the terms of `config.losses`.
 
 `config.renderer = "mesh"` swaps steps 2-4 for the paper's baseline: `mesh_baseline.AlbedoHead`
@@ -36,6 +37,7 @@ from sheap_jax import camera as camera_lib
 from sheap_jax import flame as flame_lib
 from sheap_jax import head_model
 from sheap_jax import flame_io
+from sheap_jax import gradient_routing
 from sheap_jax import losses
 from sheap_jax import mesh_baseline
 from sheap_jax import mesh_render
@@ -54,6 +56,12 @@ RENDERERS = ("gaussians", "mesh")
 # vertex normals with the normals of the rendered depth.
 SPLAT_ONLY_LOSSES = ("depth", "normal", "distortion", "gaussian_offset", "gaussian_scale",
                      "gaussian_opacity")
+# The render's geometry buffers (read by `depth`, `normal`, `depth_normal`, `distortion`) and
+# where their gradients go (`config.render.geometry_gradients`): "gaussians", the Gaussians
+# Regressor only (the mesh and camera are the reference those terms measure against), or
+# "all", also the predictor through the rig.
+GEOMETRY_BUFFERS = ("depth", "median_depth", "normals", "distortion")
+GEOMETRY_GRADIENTS = ("gaussians", "all")
 
 # Default environment the predicted lighting offset is added to: constant radiance 1, under
 # which Lambertian shading returns the albedo unchanged.
@@ -263,6 +271,34 @@ def _render_mesh_buffers(vertices, faces, Ks, viewmats, size):
   return jax.lax.stop_gradient(buffers)
 
 
+def _check_geometry_gradients(config) -> str:
+  choice = config.render.get("geometry_gradients", "gaussians")
+  if choice not in GEOMETRY_GRADIENTS:
+    raise ValueError(f"{_FILE}: config.render.geometry_gradients={choice!r}; expected one of "
+                     f"{GEOMETRY_GRADIENTS}")
+  return choice
+
+
+def _render_splats(config, local, vertices, faces, viewmats, Ks, lighting, background
+                   ) -> rasterizer.RasterOutput:
+  """The 2DGS render of `local` rigged to `vertices`. With `geometry_gradients="gaussians"`
+  the geometry buffers' gradients reach only the Gaussians (`gradient_routing`)."""
+  size = config.render.size
+
+  def render(splats, cameras):
+    return rasterizer.rasterize(splats, cameras, Ks, size, size, background,
+                                impl=config.render.impl, capacity=config.render.get("capacity"))
+
+  shaded = _shade_splats(rigging.rig_gaussians(local, vertices, faces), viewmats, lighting)
+  if _check_geometry_gradients(config) == "all":
+    return render(shaded, viewmats)
+  on_fixed_mesh = rigging.rig_gaussians(local, jax.lax.stop_gradient(vertices), faces).replace(
+      features=jax.lax.stop_gradient(shaded.features))
+  return gradient_routing.route_gradients(
+      render, GEOMETRY_BUFFERS, (shaded, viewmats),
+      (on_fixed_mesh, jax.lax.stop_gradient(viewmats)))
+
+
 def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: jnp.ndarray,
               target_image: jnp.ndarray) -> Reanimation:
   """Renders the target frame from the pair (images (B, S, S, 3) at `config.model.image_size`)."""
@@ -296,10 +332,8 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   else:
     local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
                                      frozen.layout)
-    splats = rigging.rig_gaussians(local, flame_out.vertices, frozen.flame.faces)
-    render = rasterizer.rasterize(
-        _shade_splats(splats, viewmats, lighting), viewmats, Ks, size, size, background,
-        impl=config.render.impl, capacity=config.render.get("capacity"))
+    render = _render_splats(config, local, flame_out.vertices, frozen.flame.faces, viewmats, Ks,
+                            lighting, background)
     depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.flame.faces, Ks,
                                                 viewmats, size)
 

@@ -212,6 +212,33 @@ def test_loss_is_a_mean_over_pairs_and_weights_change_only_their_term(setup):
     np.testing.assert_allclose(terms3[name][0], terms[name][0], rtol=2e-5, atol=1e-7)
 
 
+def test_geometry_terms_train_only_the_gaussians_by_default(setup):
+  """With geometry_gradients="gaussians" the depth/normal/distortion terms reach the Gaussians
+  Regressor exactly as with "all", and no predictor head but the identity features (the
+  regressor's input); the photometric term's gradient is the same either way."""
+  config, networks, frozen, params = setup
+  batch = random_batch(np.random.default_rng(6), 2)
+  everywhere = small_config()
+  everywhere.render.geometry_gradients = "all"
+  geometry = ("depth", "normal", "depth_normal", "distortion")
+
+  def term_sums(p, cfg):
+    terms = objective.mean_loss(networks, p, frozen, cfg, batch)[1]
+    return jnp.stack([sum(terms[name] for name in geometry), terms["l1"]])
+
+  routed, plain = jax.jit(lambda p: (jax.jacrev(term_sums)(p, config),
+                                     jax.jacrev(term_sums)(p, everywhere)))(params)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(routed["predictor"]):
+    name = jax.tree_util.keystr(path)
+    if name.startswith("['head_") and not name.startswith("['head_identity"):
+      assert np.all(np.asarray(leaf[0]) == 0), name
+  assert np.abs(np.asarray(plain["predictor"]["head_shape"]["kernel"][0])).max() > 0
+  for got, want in zip(jax.tree.leaves(routed["regressor"]), jax.tree.leaves(plain["regressor"])):
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-6 * np.abs(want[0]).max())
+  for got, want in zip(jax.tree.leaves(routed), jax.tree.leaves(plain)):
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
+
+
 def test_unknown_renderer_is_rejected(setup):
   config, networks, frozen, params = setup
   bad = small_config()
