@@ -8,8 +8,10 @@ Each (variant, seed) is an ordinary training run in `<workdir>/<variant>/seed<k>
 command resumes unfinished runs and skips finished ones). Every run uses the same config, data
 and step budget; only the variant's overrides and `config.seed` (initialisation and data order)
 differ, and runs are validated only at their last step, without previews. Set
-`JAX_COMPILATION_CACHE_DIR` so that the seeds of a variant compile once. Writes `<workdir>/study.json` (per run and per variant: median mm, mean and sample
-standard deviation over seeds) and `<workdir>/study.png`, and prints a Markdown table.
+`JAX_COMPILATION_CACHE_DIR` so that the seeds of a variant compile once. Writes
+`<workdir>/study.json` (per run and per variant: median mm, mean and sample standard deviation
+over seeds, and how far the predicted heads moved from the template) and `<workdir>/study.png`,
+and prints a Markdown table.
 """
 import json
 import os
@@ -68,32 +70,37 @@ def variant_config(config: ml_collections.ConfigDict, variant: str, seed: int
 
 
 def summarize(runs: List[Dict]) -> Dict[str, Dict]:
-  """Per variant: median mm of each seed, their mean, sample std, min and max."""
+  """Per variant: median mm of each seed, their mean, sample std, min and max, and the mean
+  distance of the predicted heads from the template (`from_template_mm`)."""
   by_variant = {}
   for run in runs:
-    by_variant.setdefault(run["variant"], []).append(run["median_mm"])
+    by_variant.setdefault(run["variant"], []).append(run)
   summary = {}
-  for variant, medians in by_variant.items():
-    values = np.asarray(medians, np.float64)
+  for variant, variant_runs in by_variant.items():
+    values = np.asarray([run["median_mm"] for run in variant_runs], np.float64)
     summary[variant] = dict(
         median_mm=values.tolist(), mean=float(values.mean()),
         std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        min=float(values.min()), max=float(values.max()), seeds=len(values))
+        min=float(values.min()), max=float(values.max()), seeds=len(values),
+        from_template_mm=float(np.mean([run["from_template_mm"] for run in variant_runs])))
   return summary
 
 
-def markdown_table(summary: Dict[str, Dict]) -> str:
+def markdown_table(summary: Dict[str, Dict], ground_truth_from_template_mm: float) -> str:
+  """The study as Markdown; the last column says how far training moved the heads from the
+  template, against how far the true heads are from it."""
   rows = ["| variant | trains with | synthetic_neutral median (mm), mean ± std over seeds | "
-          "ratio to mean_head |", "|---|---|---|---|"]
+          "ratio to mean_head | predicted heads' distance from the template (mm RMS; true "
+          f"heads: {ground_truth_from_template_mm:.2f}) |", "|---|---|---|---|---|"]
   baseline = summary["mean_head"]["mean"]
   for variant, s in summary.items():
     if variant == "mean_head":
       rows.append(f"| `mean_head` | no training: the template head | {s['mean']:.3f} "
-                  "(deterministic) | 1.00 |")
+                  "(deterministic) | 1.00 | 0 |")
       continue
     rows.append(f"| `{variant}` | {VARIANTS[variant][0]} | {s['mean']:.3f} ± {s['std']:.3f} "
                 f"(range {s['min']:.3f}–{s['max']:.3f}, {s['seeds']} seeds) | "
-                f"{s['mean'] / baseline:.2f} |")
+                f"{s['mean'] / baseline:.2f} | {s['from_template_mm']:.2f} |")
   return "\n".join(rows)
 
 
@@ -120,7 +127,7 @@ def run_study(config, workdir: str, variants: List[str], seeds: List[int]) -> Di
   """Trains every (variant, seed) not finished yet and writes study.json / study.png."""
   for variant in variants:  # fail on a bad name before hours of training
     variant_config(config, variant, 0)
-  runs, mean_head = [], []
+  runs, mean_head, ground_truth = [], [], []
   for seed in seeds:
     for variant in variants:
       run_dir = os.path.join(workdir, variant, f"seed{seed}")
@@ -132,16 +139,20 @@ def run_study(config, workdir: str, variants: List[str], seeds: List[int]) -> Di
       with open(result_path) as f:
         result = json.load(f)
       runs.append(dict(variant=variant, seed=seed, median_mm=result["model"]["median_mm"],
-                       mean_mm=result["model"]["mean_mm"], step=result["model"]["step"]))
+                       mean_mm=result["model"]["mean_mm"], step=result["model"]["step"],
+                       from_template_mm=result["model"]["from_template_mm"]))
       mean_head.append(result["mean_head"]["median_mm"])
+      ground_truth.append(result["ground_truth"]["from_template_mm"])
   summary = summarize(runs)
   summary = {"mean_head": dict(median_mm=[mean_head[0]], mean=mean_head[0], std=0.0,
-                               min=mean_head[0], max=mean_head[0], seeds=1), **summary}
-  study = dict(config=config.to_dict(), runs=runs, summary=summary)
+                               min=mean_head[0], max=mean_head[0], seeds=1,
+                               from_template_mm=0.0), **summary}
+  study = dict(config=config.to_dict(), runs=runs, summary=summary,
+               ground_truth_from_template_mm=ground_truth[0])
   with open(os.path.join(workdir, "study.json"), "w") as f:
     json.dump(study, f, indent=2)
   plot(summary, os.path.join(workdir, "study.png"))
-  print(markdown_table(summary))
+  print(markdown_table(summary, ground_truth[0]))
   return study
 
 

@@ -296,14 +296,22 @@ def predict_neutral(networks, params, flame_model, images) -> jnp.ndarray:
   return flame_lib.neutral_vertices(flame_model, out.shape)
 
 
+def distance_from_template_mm(neutral_meshes, flame_model) -> float:
+  """Mean over meshes of the RMS vertex distance (mm) from the template head: how far a set of
+  neutral heads has moved from the mean shape (the same for predictions and ground truth)."""
+  offsets = np.asarray(neutral_meshes, np.float64) - np.asarray(flame_model.v_template)
+  return float(1e3 * np.mean(np.sqrt(np.mean(np.sum(offsets ** 2, axis=-1), axis=-1))))
+
+
 def synthetic_neutral(neutral_meshes, gt_neutral_meshes, flame_model) -> Dict[str, float]:
   """NoW errors (median / mean / std mm) of predicted neutral meshes against ground truth, both
-  in `flame_model`'s topology."""
+  in `flame_model`'s topology, and the predictions' `from_template_mm`."""
   faces = np.asarray(flame_model.faces)
   errors = [now.now_errors(pred, faces, landmarks_now(flame_model, pred), gt, faces,
                            landmarks_now(flame_model, gt))
             for pred, gt in zip(neutral_meshes, gt_neutral_meshes)]
-  return now.summarize(errors)
+  return dict(now.summarize(errors),
+              from_template_mm=distance_from_template_mm(neutral_meshes, flame_model))
 
 
 def validation_set(config, dataset) -> Tuple[np.ndarray, np.ndarray]:
@@ -369,6 +377,8 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
     results["mean_head"] = synthetic_neutral(
         np.broadcast_to(np.asarray(flame_model.v_template), validation[1].shape), validation[1],
         flame_model)
+    results["ground_truth"] = dict(
+        from_template_mm=distance_from_template_mm(validation[1], flame_model))
     if int(state.step) == 0:
       writer.write(0, {f"synthetic_neutral/mean_head/{k}": v
                        for k, v in results["mean_head"].items()})

@@ -47,8 +47,9 @@ def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "synthetic_neutral.json"), "w") as f:
       json.dump({"model": {"median_mm": medians[workdir], "mean_mm": 1.0,
-                           "step": config.total_steps},
-                 "mean_head": {"median_mm": 0.8}}, f)
+                           "step": config.total_steps, "from_template_mm": 2 * medians[workdir]},
+                 "mean_head": {"median_mm": 0.8}, "ground_truth": {"from_template_mm": 3.5}},
+                f)
 
   monkeypatch.setattr(train, "train", fake_train)
   config = base.get_config("cpu")
@@ -61,10 +62,12 @@ def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch):
     np.testing.assert_allclose(summary["mean"], np.mean(values), rtol=1e-12)
     np.testing.assert_allclose(summary["std"], np.std(values, ddof=1), rtol=1e-12)
     assert summary["min"] == min(values) and summary["max"] == max(values)
+    np.testing.assert_allclose(summary["from_template_mm"], 2 * np.mean(values), rtol=1e-12)
   assert study["summary"]["mean_head"]["mean"] == 0.8
   assert (tmp_path / "study.png").stat().st_size > 0
-  table = loss_study.markdown_table(study["summary"])
+  table = loss_study.markdown_table(study["summary"], study["ground_truth_from_template_mm"])
   assert f"{study['summary']['full']['mean'] / 0.8:.2f}" in table
+  assert "true heads: 3.50" in table
 
   trained.clear()  # rerunning skips finished runs
   again = loss_study.run_study(config, str(tmp_path), variants, seeds)

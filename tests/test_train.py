@@ -151,6 +151,12 @@ def test_synthetic_neutral_scores_meshes_with_the_now_protocol(setup):
   mean_head = np.broadcast_to(np.asarray(model.v_template), meshes.shape)
   differ = train.synthetic_neutral(mean_head, meshes, model)
   assert differ["median_mm"] > 0.1 and differ["num_points"] > 0
+  assert differ["from_template_mm"] == 0.0
+  offsets = meshes - np.asarray(model.v_template, np.float64)
+  np.testing.assert_allclose(  # RMS over vertices, mean over meshes, in mm
+      same["from_template_mm"],
+      np.mean([1e3 * np.sqrt(np.mean(np.linalg.norm(o, axis=1) ** 2)) for o in offsets]),
+      rtol=1e-9)
 
 
 def _losses(workdir):
