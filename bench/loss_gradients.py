@@ -75,7 +75,7 @@ def term_gradient_norms(config, batch_size: int, seed: int = 0):
   def norms(params):
     def weighted(p, name):
       return config.losses[name].weight * objective.mean_loss(networks, p, frozen, config,
-                                                              batch)[1][name]
+                                                              batch)[1][0][name]
     grads = {n: jax.grad(weighted)(params, n) for n in names}
     return {n: (_norm(g["predictor"]), _head_norms(g["predictor"]), _norm(g[renderer_key]))
             for n, g in grads.items()}

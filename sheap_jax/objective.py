@@ -382,7 +382,8 @@ def applicable_losses(config) -> Dict[str, Any]:
 
 def pair_losses(networks: Networks, params, frozen: Frozen, config,
                 batch: Dict[str, jnp.ndarray]) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
-  """Per-pair (total (B,), {term: (B,)}) for a batch of pairs."""
+  """Per-pair (total (B,), {term: (B,)}, {counter: (B,)}) for a batch of pairs; the counters
+  are the rasteriser's `pairs_dropped` (over capacity) and `splats_culled`."""
   out = reanimate(networks, params, frozen, config, batch["source_image"], batch["target_image"])
   context = loss_context(networks, frozen, config, batch, out)
   feature_fn = context.feature_fn
@@ -393,11 +394,14 @@ def pair_losses(networks: Networks, params, frozen: Frozen, config,
     return losses.total_loss(terms_config, single)
 
   totals, terms = jax.vmap(one_pair)(context.replace(feature_fn=None))
-  return totals, terms
+  counters = dict(pairs_dropped=out.render.pairs_dropped, splats_culled=out.render.splats_culled)
+  return totals, terms, counters
 
 
 def mean_loss(networks: Networks, params, frozen: Frozen, config, batch: Dict[str, jnp.ndarray]
-              ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
-  """The objective: the mean over pairs of the weighted loss, and each term's mean (logged)."""
-  totals, terms = pair_losses(networks, params, frozen, config, batch)
-  return jnp.mean(totals), jax.tree.map(jnp.mean, terms)
+              ) -> Tuple[jnp.ndarray, Tuple[Dict[str, jnp.ndarray], Dict[str, jnp.ndarray]]]:
+  """The objective: the mean over pairs of the weighted loss, and (each term's mean, each render
+  counter's mean per pair), both logged."""
+  totals, terms, counters = pair_losses(networks, params, frozen, config, batch)
+  return jnp.mean(totals), (jax.tree.map(jnp.mean, terms),
+                            jax.tree.map(lambda c: jnp.mean(c.astype(jnp.float32)), counters))

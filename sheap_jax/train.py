@@ -86,9 +86,9 @@ def make_train_step(networks: objective.Networks, config, optimizer, mesh: Mesh)
   def per_device_step(state: TrainState, frozen: objective.Frozen, batch):
     loss_fn = functools.partial(objective.mean_loss, networks, frozen=frozen, config=config,
                                 batch=batch)
-    (loss, terms), grads = jax.value_and_grad(
+    (loss, (terms, counters)), grads = jax.value_and_grad(
         lambda params: loss_fn(params=params), has_aux=True)(state.params)
-    grads, loss, terms = jax.lax.pmean((grads, loss, terms), DATA_AXIS)
+    grads, loss, terms, counters = jax.lax.pmean((grads, loss, terms, counters), DATA_AXIS)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -99,7 +99,8 @@ def make_train_step(networks: objective.Networks, config, optimizer, mesh: Mesh)
                            skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32),
                    skipped_steps=new_state.skipped_steps,
-                   **{f"loss/{k}": v for k, v in terms.items()})
+                   **{f"loss/{k}": v for k, v in terms.items()},
+                   **{f"render/{k}_per_pair": v for k, v in counters.items()})
     return new_state, metrics
 
   step = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS)),
@@ -400,6 +401,10 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         last_log = now_time
         writer.write(step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped_steps"]))
+        if metrics["render/pairs_dropped_per_pair"] > 0:
+          logging.warning("step %d: the rasteriser dropped %.0f (splat, tile) pairs per image "
+                          "over its capacity; raise --config.render.capacity", step,
+                          metrics["render/pairs_dropped_per_pair"])
       if config.preview_every and step % config.preview_every == 0 and jax.process_index() == 0:
         write_preview(workdir, step, reanimate, state, frozen_host, batch, flame_model)
       if validation is not None and (step % config.eval_every == 0

@@ -189,7 +189,8 @@ def test_loss_is_a_mean_over_pairs_and_weights_change_only_their_term(setup):
     return (objective.pair_losses(networks, p, frozen, config, b),
             objective.pair_losses(networks, p, frozen, overridden, b))
 
-  (totals, terms), (totals2, terms2) = per_pair(params, batch)
+  (totals, terms, counters), (totals2, terms2, _) = per_pair(params, batch)
+  np.testing.assert_array_equal(counters["pairs_dropped"], 0)  # the dense reference drops none
   assert set(terms) == {k for k, v in config.losses.items() if v.weight}
   for name, value in terms.items():
     assert np.all(np.isfinite(value)), name
@@ -205,7 +206,7 @@ def test_loss_is_a_mean_over_pairs_and_weights_change_only_their_term(setup):
   # Nothing mixes pairs: replacing pair 1 leaves pair 0's losses as they were.
   other = random_batch(np.random.default_rng(5), 2)
   mixed = jax.tree.map(lambda a, b: a.at[1].set(b[1]), batch, other)
-  (totals3, terms3), _ = per_pair(params, mixed)
+  (totals3, terms3, _), _ = per_pair(params, mixed)
   np.testing.assert_allclose(totals3[0], totals[0], rtol=2e-5)
   assert abs(float(totals3[1] - totals[1])) > 1e-4
   for name in terms:
@@ -223,7 +224,7 @@ def test_geometry_terms_train_only_the_gaussians_by_default(setup):
   geometry = ("depth", "normal", "depth_normal", "distortion")
 
   def term_sums(p, cfg):
-    terms = objective.mean_loss(networks, p, frozen, cfg, batch)[1]
+    terms = objective.mean_loss(networks, p, frozen, cfg, batch)[1][0]
     return jnp.stack([sum(terms[name] for name in geometry), terms["l1"]])
 
   routed, plain = jax.jit(lambda p: (jax.jacrev(term_sums)(p, config),
@@ -237,6 +238,25 @@ def test_geometry_terms_train_only_the_gaussians_by_default(setup):
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-6 * np.abs(want[0]).max())
   for got, want in zip(jax.tree.leaves(routed), jax.tree.leaves(plain)):
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-7)
+
+
+def test_pairs_over_the_rasteriser_capacity_are_counted(setup):
+  """The objective passes the rasteriser's own counters on (train.py logs and warns on them)."""
+  config, networks, frozen, params = setup
+  tight = small_config()
+  tight.render.impl, tight.render.capacity = "tiled", 16
+  batch = random_batch(np.random.default_rng(8), 2)
+
+  @jax.jit
+  def run(p):
+    out = objective.reanimate(networks, p, frozen, tight, batch["source_image"],
+                              batch["target_image"])
+    return out.render, objective.mean_loss(networks, p, frozen, tight, batch)[1][1]
+
+  render, counters = run(params)
+  assert np.all(np.asarray(render.pairs_dropped) > 0)
+  np.testing.assert_allclose(counters["pairs_dropped"], np.mean(render.pairs_dropped))
+  np.testing.assert_allclose(counters["splats_culled"], np.mean(render.splats_culled))
 
 
 def test_unknown_renderer_is_rejected(setup):
@@ -279,7 +299,7 @@ def test_mesh_renderer_renders_the_albedo_head_texture_and_trains_both_networks(
 
   @jax.jit
   def run(p, b):
-    (total, terms), grads = jax.value_and_grad(
+    (total, (terms, _)), grads = jax.value_and_grad(
         lambda p: objective.mean_loss(networks, p, frozen, config, b), has_aux=True)(p)
     out = objective.reanimate(networks, p, frozen, config, b["source_image"], b["target_image"])
     # The same render composed by hand: albedo from the source's identity features and DINOv2
