@@ -15,10 +15,9 @@ any other config field, as `--config.KEY=VALUE` does for the train CLI; VALUE is
 Python literal, else as a string.
 
 Prints a table and writes a JSON list of records, one per renderer: config (with any
---override flags), renderer,
-pairs_per_s, step_ms, raster_ms (the renderer's forward + backward), raster_share, device,
-batch_size, splats (null for the mesh), render_size, raster_impl ("mesh_baseline" for the mesh),
-steps.
+--override flags), renderer, pairs_per_s, step_ms, raster_ms (the renderer's forward +
+backward), raster_share, device, batch_size, splats (null for the mesh), render_size,
+raster_impl ("mesh_baseline" for the mesh), steps.
 """
 import argparse
 import ast
