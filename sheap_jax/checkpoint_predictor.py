@@ -27,10 +27,10 @@ import orbax.checkpoint as ocp
 
 import rasterizer
 from sheap_jax import camera as camera_lib
+from sheap_jax import checkpoints
 from sheap_jax import flame as flame_lib
 from sheap_jax import objective
 from sheap_jax import rigging
-from sheap_jax import train
 from sheap_jax.models import dinov2
 
 _FILE = "sheap_jax/checkpoint_predictor.py"
@@ -121,9 +121,10 @@ class CheckpointPredictor:
 
 
 def load(directory: str, step: Optional[int] = None) -> CheckpointPredictor:
-  """The model of a training workdir's newest checkpoint (or of `step`)."""
-  checkpoints = os.path.join(os.path.abspath(os.path.expanduser(directory)), "checkpoints")
-  steps = ocp.utils.checkpoint_steps(checkpoints) if os.path.isdir(checkpoints) else []
+  """The model of a training workdir's newest checkpoint (or of `step`): its stored config and
+  the params of its train state (the optimiser state is not read)."""
+  checkpoints_dir = checkpoints.checkpoints_dir(directory)
+  steps = ocp.utils.checkpoint_steps(checkpoints_dir) if os.path.isdir(checkpoints_dir) else []
   if not steps:
     raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (sheap_jax.checkpoint_predictor"
                      ".load expects a training workdir with checkpoints/<step>/, as `python -m "
@@ -131,14 +132,10 @@ def load(directory: str, step: Optional[int] = None) -> CheckpointPredictor:
   if step is not None and step not in steps:
     raise ValueError(f"{_FILE}: {directory!r} has no checkpoint of step {step} (has "
                      f"{sorted(steps)})")
-  config = train.load_config(directory, step)
+  config = checkpoints.load_config(directory, step)
   networks = objective.build_networks(config)
   frozen = objective.build_frozen(config, objective.load_flame_model(config))
-  optimizer = train.make_optimizer(config)
-  abstract = jax.eval_shape(lambda: train.init_state(networks, frozen, config, optimizer))
-  manager = ocp.CheckpointManager(checkpoints)
-  try:
-    state, _ = train.restore_checkpoint(manager, abstract, step)
-  finally:
-    manager.close()
-  return CheckpointPredictor(config, state.params, frozen, int(state.step))
+  abstract = jax.eval_shape(lambda: objective.init_params(networks, frozen, config,
+                                                          jax.random.PRNGKey(0)))
+  params, step = checkpoints.restore_params(directory, abstract, config, step)
+  return CheckpointPredictor(config, params, frozen, step)

@@ -10,10 +10,11 @@ run with `jax.shard_map` over a one-axis mesh of all devices. The loss is a mean
 parameters and optimiser state unchanged and is counted in `skipped_steps`.
 
 The workdir holds Orbax checkpoints (`checkpoints/<step>`: train state, data-iterator state,
-config), `metrics.jsonl`, TensorBoard events and preview PNGs. Rerunning the same command
-resumes from the newest checkpoint; SIGTERM saves one before exiting.
+config; `sheap_jax/checkpoints.py`), `metrics.jsonl`, TensorBoard events and preview PNGs.
+Rerunning the same command resumes from the newest checkpoint (refused, with the differing
+config fields named, if the config builds another parameter tree); SIGTERM saves one before
+exiting.
 """
-import base64
 import functools
 import json
 import os
@@ -28,15 +29,14 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from PIL import Image
 import tqdm
 
 from sheap_jax import camera as camera_lib
+from sheap_jax import checkpoints
 from sheap_jax import flame as flame_lib
 from sheap_jax import mesh_render
 from sheap_jax import objective
@@ -136,56 +136,6 @@ def init_state(networks, frozen, config, optimizer) -> TrainState:
   params = objective.init_params(networks, frozen, config, jax.random.PRNGKey(config.seed))
   return TrainState(step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
                     skipped_steps=jnp.int32(0))
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: train state + data-iterator state + config, keep-N, resume.
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
-
-
-def _data_state_to_json(data_state):
-  """Iterator states as JSON: Grain's are bytes (kept base64-encoded), others plain JSON."""
-  if isinstance(data_state, bytes):
-    return {"base64": base64.b64encode(data_state).decode("ascii")}
-  return {"json": data_state}
-
-
-def _data_state_from_json(stored):
-  return base64.b64decode(stored["base64"]) if "base64" in stored else stored["json"]
-
-
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, data_state, config):
-  step = int(state.step)
-  if step in manager.all_steps():
-    return
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(_data_state_to_json(data_state)),
-      config=ocp.args.JsonSave(config.to_dict())))
-  manager.wait_until_finished()
-
-
-def restore_checkpoint(manager: ocp.CheckpointManager, abstract_state: TrainState, step=None):
-  """(state, data-iterator state) of `step` (default: the newest)."""
-  step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return restored["state"], _data_state_from_json(restored["data"])
-
-
-def load_config(workdir_or_checkpoint: str, step=None) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with (enough to rebuild the model for prediction)."""
-  directory = os.path.join(os.path.abspath(workdir_or_checkpoint), "checkpoints")
-  manager = ocp.CheckpointManager(directory)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{_FILE}: no checkpoint under {directory}")
-  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored["config"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,10 +308,10 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
     data_iterator = make_data_iterator(config, mesh, dataset)
     validation = validation_set(config, dataset) if config.eval_every else None
 
-  manager = checkpoint_manager(workdir, config)
+  manager = checkpoints.open_manager(workdir, config)
   abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
   if manager.latest_step() is not None:
-    state, data_state = restore_checkpoint(manager, abstract)
+    state, data_state = checkpoints.restore(manager, abstract, config)
     data_iterator.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
   else:
@@ -414,7 +364,7 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         writer.write(step, {f"synthetic_neutral/{k}": v for k, v in results["model"].items()
                             if k != "step"})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop_requested:
-        save_checkpoint(manager, state, data_iterator.get_state(), config)
+        checkpoints.save(manager, state, data_iterator.get_state(), config)
       if stop_requested:
         logging.warning("SIGTERM: saved step %d, exiting", step)
         break

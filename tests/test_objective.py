@@ -11,6 +11,7 @@ from scipy import spatial
 
 from configs import base
 from sheap_jax import camera as camera_lib
+from sheap_jax import checkpoints
 from sheap_jax import flame
 from sheap_jax import flame_io
 from sheap_jax import mesh_baseline
@@ -364,12 +365,12 @@ def test_mesh_renderer_params_survive_a_checkpoint(mesh_setup, tmp_path):
   config, networks, frozen, _ = mesh_setup
   optimizer = train.make_optimizer(config)
   state = train.init_state(networks, frozen, config, optimizer)
-  manager = train.checkpoint_manager(str(tmp_path), config)
-  train.save_checkpoint(manager, state, {"position": 3}, config)
+  manager = checkpoints.open_manager(str(tmp_path), config)
+  checkpoints.save(manager, state, {"position": 3}, config)
   abstract = jax.eval_shape(lambda: train.init_state(networks, frozen, config, optimizer))
-  restored, data_state = train.restore_checkpoint(manager, abstract)
+  restored, data_state = checkpoints.restore(manager, abstract, config)
   manager.close()
   assert set(restored.params) == {"predictor", "albedo"} and data_state == {"position": 3}
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
-  assert train.load_config(str(tmp_path)).renderer == "mesh"
+  assert checkpoints.load_config(str(tmp_path)).renderer == "mesh"

@@ -1,8 +1,8 @@
-"""Prediction from a tiny training checkpoint (never trained: init_state + save_checkpoint; the
-tests' small FLAME-format model saved as the `.npz` that the checkpoint's config names): the
-checkpoint predictor against a direct apply of the networks, and `python -m sheap_jax.predict`
-on a folder of good and bad inputs and on a video (windows of a real photo, so the face
-detector runs)."""
+"""Prediction from a tiny training checkpoint (never trained: train.init_state +
+checkpoints.save; the tests' small FLAME-format model saved as the `.npz` that the checkpoint's
+config names): the checkpoint predictor against a direct apply of the networks, and
+`python -m sheap_jax.predict` on a folder of good and bad inputs and on a video (windows of a
+real photo, so the face detector runs)."""
 import dataclasses
 import functools
 import os
@@ -17,6 +17,7 @@ from skimage import data as skimage_data
 import trimesh
 
 from sheap_jax import camera
+from sheap_jax import checkpoints
 from sheap_jax import checkpoint_predictor
 from sheap_jax import crop
 from sheap_jax import flame
@@ -79,8 +80,8 @@ def setup(tmp_path_factory):
   state = train.init_state(networks, frozen, config, optimizer)
   state = state.replace(params=perturbed_params(state.params, np.random.default_rng(0)))
   workdir = str(root / "workdir")
-  manager = train.checkpoint_manager(workdir, config)
-  train.save_checkpoint(manager, state, {"index": 0}, config)
+  manager = checkpoints.open_manager(workdir, config)
+  checkpoints.save(manager, state, {"index": 0}, config)
   manager.close()
   with pytest.warns(UserWarning, match="random initialisation"):
     model = checkpoint_predictor.load(workdir)

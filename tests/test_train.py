@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from sheap_jax import checkpoints
 from sheap_jax import flame
-
 from sheap_jax import objective
 from sheap_jax import train
 from tests.test_objective import random_batch, small_config, small_flame_model
@@ -182,7 +182,7 @@ def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
     results = json.load(f)
   assert results["model"]["step"] == 6
   assert results["mean_head"]["median_mm"] > 0.1 and results["model"]["num_points"] > 0
-  assert train.load_config(full).to_dict() == json.loads(json.dumps(config_full.to_dict()))
+  assert checkpoints.load_config(full).to_dict() == json.loads(json.dumps(config_full.to_dict()))
 
   # Killed after step 3: the last checkpoint is step 2; step 3 is lost and redone.
   train.train(config, interrupted, PairBatches(4, PER_DEVICE), flame_model=model, stop_after=3)
