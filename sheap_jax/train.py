@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -311,7 +312,11 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   manager = checkpoints.open_manager(workdir, config)
   abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
   if manager.latest_step() is not None:
-    state, data_state = checkpoints.restore(manager, abstract, config)
+    try:
+      state, data_state = checkpoints.restore(manager, abstract, config)
+    except checkpoints.LayoutMismatchError:
+      manager.close()
+      raise
     data_iterator.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
   else:
@@ -405,7 +410,10 @@ def main(argv):
         coordinator_address=os.environ["SHEAP_JAX_COORDINATOR"],
         num_processes=int(os.environ["SHEAP_JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["SHEAP_JAX_PROCESS_ID"]))
-  train(_CONFIG.value, _WORKDIR.value)
+  try:
+    train(_CONFIG.value, _WORKDIR.value)
+  except checkpoints.LayoutMismatchError as error:  # a user error: the message, no traceback
+    sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":
