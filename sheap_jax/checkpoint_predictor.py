@@ -71,6 +71,10 @@ def predict(networks: objective.Networks, params, frozen: objective.Frozen, conf
   mesh = flame_lib.flame_forward(frozen.flame, flame_params)
   splats = None
   if avatar:
+    if "regressor" not in params:
+      raise ValueError(f"{_FILE}: this model was trained with config.renderer="
+                       f"{config.renderer!r} and has no Gaussians Regressor: predict without "
+                       "the avatar")
     tokens = dinov2.frozen_features(
         networks.dinov2, frozen.dinov2,
         objective.resize_images(images, config.dinov2.image_size)).patch_tokens
@@ -97,6 +101,12 @@ class CheckpointPredictor:
   def image_size(self) -> int:
     """The square input size the networks were trained at."""
     return int(self.config.model.image_size)
+
+  @property
+  def has_gaussians(self) -> bool:
+    """Whether the model predicts a Gaussian avatar (trained through the Gaussians, not the
+    mesh renderer)."""
+    return "regressor" in self.params
 
   @property
   def flame_model(self) -> flame_lib.FlameModel:

@@ -282,6 +282,10 @@ class Runner:
     self.args = args
     self.predictor = BatchPredictor(model, args.batch_size)
     self.faces = model.faces
+    self.avatar = model.has_gaussians and not args.no_gaussians
+    if not model.has_gaussians and not args.no_gaussians:
+      tqdm.tqdm.write(f"{args.checkpoint}: trained with the mesh renderer, so no Gaussian avatar "
+                      "(gaussians.ply); writing everything else", file=sys.stderr)
     self.taken = set()
     self.pending = []  # (output dir, crop, box) of images waiting for a full batch
     self.succeeded = 0
@@ -314,7 +318,7 @@ class Runner:
       return
     dirs, crops, boxes = zip(*self.pending)
     self.pending = []
-    results = self.predictor(np.stack(crops), np.stack(boxes), avatar=not self.args.no_gaussians)
+    results = self.predictor(np.stack(crops), np.stack(boxes), avatar=self.avatar)
     for directory, result in zip(dirs, results):
       write_image_outputs(directory, result, self.faces)
       self.succeeded += 1

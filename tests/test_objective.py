@@ -1,11 +1,13 @@
 """The SHeaP objective on a tiny FLAME-format model: composition, projection, shading, per-pair
 averaging and config-driven loss weights, each against an independent computation; the mesh
 renderer switch (render, gradients, skipped terms, UV errors, checkpoints)."""
+import os
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 from scipy import spatial
 
@@ -16,6 +18,7 @@ from sheap_jax import flame
 from sheap_jax import flame_io
 from sheap_jax import mesh_baseline
 from sheap_jax import objective
+from sheap_jax import predict
 from sheap_jax import shading
 from sheap_jax import train
 from sheap_jax.models import dinov2
@@ -361,7 +364,7 @@ def test_mesh_renderer_needs_uvs_and_matching_faces(tmp_path):
     objective.build_frozen(mesh_config(with_uvs), other)
 
 
-def test_mesh_renderer_params_survive_a_checkpoint(mesh_setup, tmp_path):
+def test_mesh_renderer_params_survive_a_checkpoint(mesh_setup, tmp_path, capsys):
   config, networks, frozen, _ = mesh_setup
   optimizer = train.make_optimizer(config)
   state = train.init_state(networks, frozen, config, optimizer)
@@ -374,3 +377,12 @@ def test_mesh_renderer_params_survive_a_checkpoint(mesh_setup, tmp_path):
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
   assert checkpoints.load_config(str(tmp_path)).renderer == "mesh"
+  # Prediction from it writes everything but the Gaussian avatar, and says why.
+  image = tmp_path / "face.png"
+  Image.fromarray(np.random.default_rng(9).integers(0, 255, (40, 40, 3), np.uint8)).save(image)
+  with pytest.warns(UserWarning, match="random initialisation"):
+    code = predict.main(["--checkpoint", str(tmp_path), "--input", str(image), "--output",
+                         str(tmp_path / "out"), "--whole_image", "--quiet"])
+  assert code == 0 and "trained with the mesh renderer" in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path / "out" / "face")) == [
+      "mesh.obj", "mesh.ply", "overlay.png", "params.json", "params.npz"]
