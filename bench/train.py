@@ -9,7 +9,8 @@ For each renderer of `--renderers` (default: the config's `renderer`), times the
 data-parallel train step (all local devices) on random images of the config's size (throughput
 does not depend on pixel values), after one compiling step. The renderer's share is the time of
 its forward + backward alone on the inputs that step renders, divided by the step time:
-`rasterizer.rasterize` on the rigged splats for "gaussians", `mesh_baseline.render` on the
+`rasterizer.rasterize` on the rigged splats for "gaussians" (routed as the step routes it:
+`config.render.geometry_gradients`), `mesh_baseline.render` on the
 target mesh, predicted texture and lighting for "mesh". `--override KEY=VALUE` (repeatable) sets
 any other config field, as `--config.KEY=VALUE` does for the train CLI; VALUE is read as a
 Python literal, else as a string.
@@ -36,6 +37,7 @@ import numpy as np  # noqa: E402
 
 import rasterizer  # noqa: E402
 from sheap_jax import camera as camera_lib  # noqa: E402
+from sheap_jax import gradient_routing  # noqa: E402
 from sheap_jax import mesh_baseline  # noqa: E402
 from sheap_jax import objective  # noqa: E402
 from sheap_jax import rigging  # noqa: E402
@@ -95,13 +97,21 @@ def renderer_forward_backward(config, out: objective.Reanimation, frozen: object
     return jax.jit(jax.grad(total)), (out.vertices, out.texture, lighting), None
 
   splats = rigging.rig_gaussians(out.local_gaussians, out.vertices, frozen.flame.faces)
+  routed = config.render.get("geometry_gradients", "gaussians") == "gaussians"
 
-  def total(s):
-    r = rasterizer.rasterize(s, out.viewmats, out.Ks, size, size, background,
-                             impl=config.render.impl, capacity=config.render.get("capacity"))
+  def render(s, viewmats):
+    return rasterizer.rasterize(s, viewmats, out.Ks, size, size, background,
+                                impl=config.render.impl, capacity=config.render.get("capacity"))
+
+  def total(copies):  # with routed geometry gradients the step runs the backward twice
+    if routed:
+      r = gradient_routing.route_gradients(render, objective.GEOMETRY_BUFFERS,
+                                           (copies[0], out.viewmats), (copies[1], out.viewmats))
+    else:
+      r = render(copies[0], out.viewmats)
     return (jnp.sum(r.color) + jnp.sum(r.depth) + jnp.sum(r.normals)
             + jnp.sum(r.distortion) + jnp.sum(r.median_depth))
-  return jax.jit(jax.grad(total)), splats, int(splats.means.shape[1])
+  return jax.jit(jax.grad(total)), (splats, splats), int(splats.means.shape[1])
 
 
 def bench_renderer(config, spec: str, steps: int):
