@@ -46,7 +46,8 @@ def project(means, quats, scales, viewmat, K):
 def render(means, quats, scales, opacities, features, viewmat, K, width, height, background):
   """The official per-pixel loop for one image; returns (buffers dict, margin (H, W)).
 
-  buffers also holds `stopped`, the pixels the early stop (T < 1e-4) ended.
+  buffers also holds `stopped`, the pixels the early stop (T < 1e-4) ended, and `filtered`, the
+  pixels a filter-dominated splat (2 |c - x|^2 < |s|^2) contributed to.
   margin: the smallest relative distance of any decision this pixel took to its threshold.
   """
   transforms, means2d, depths, normals, visible = project(means, quats, scales, viewmat, K)
@@ -63,6 +64,7 @@ def render(means, quats, scales, opacities, features, viewmat, K, width, height,
   depth_sum, m1, m2, distortion, median = (np.zeros(num_pixels) for _ in range(5))
   normal_sum = np.zeros((num_pixels, 3))
   done = np.zeros(num_pixels, bool)
+  filtered = np.zeros(num_pixels, bool)
   margin = np.full(num_pixels, np.inf)
   far, near = types.FAR_PLANE, types.NEAR_PLANE
   for i in order[visible[order]]:
@@ -91,6 +93,7 @@ def render(means, quats, scales, opacities, features, viewmat, K, width, height,
     live &= ~stop
     margin = np.where(live, np.minimum(margin, np.abs(T / types.MEDIAN_TRANSMITTANCE - 1)),
                       margin)
+    filtered |= live & (rho2d < rho3d)
     w = np.where(live, alpha * T, 0.0)
     z = np.where(live, depth, 1.0)
     m = far / (far - near) * (1 - near / z)
@@ -110,7 +113,8 @@ def render(means, quats, scales, opacities, features, viewmat, K, width, height,
       color=(color + T[:, None] * np.asarray(background, np.float64)).reshape(shape + (-1,)),
       alpha=alpha_out.reshape(shape), depth=expected_depth.reshape(shape),
       median_depth=median.reshape(shape), normals=normal_sum.reshape(shape + (3,)),
-      distortion=distortion.reshape(shape), stopped=done.reshape(shape))
+      distortion=distortion.reshape(shape), stopped=done.reshape(shape),
+      filtered=filtered.reshape(shape))
   return buffers, margin.reshape(shape)
 
 
