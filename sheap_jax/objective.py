@@ -381,7 +381,8 @@ def applicable_losses(config) -> Dict[str, Any]:
 
 
 def pair_losses(networks: Networks, params, frozen: Frozen, config,
-                batch: Dict[str, jnp.ndarray]) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+                batch: Dict[str, jnp.ndarray]
+                ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray], Dict[str, jnp.ndarray]]:
   """Per-pair (total (B,), {term: (B,)}, {counter: (B,)}) for a batch of pairs; the counters
   are the rasteriser's `pairs_dropped` (over capacity) and `splats_culled`."""
   out = reanimate(networks, params, frozen, config, batch["source_image"], batch["target_image"])
