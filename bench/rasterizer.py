@@ -4,7 +4,9 @@
       --splats 10000,20000,100000 --repeats 5 --out bench/results/rasterizer.json
 
 Times are medians over `--repeats` runs after compilation, binning included (the whole
-`rasterize` call). Ratios are to `reference` measured in the same run, or taken from an earlier
+`rasterize` call). For the tiled paths the record also times projection + binning alone
+(`bin_ms`), so fwd_ms - bin_ms is the compositing, and counts the (splat, tile) pairs the scene
+needs (`pairs_needed`, against `capacity`). Ratios are to `reference` measured in the same run, or taken from an earlier
 JSON with `--reference-json` (the dense reference takes ~17 min at 256^2/20k on 2 CPU cores;
 reuse it only while its code is unchanged). Each implementation's failure is recorded in its
 JSON record instead of ending the run. The load average is recorded. Plain jax only.
@@ -79,6 +81,12 @@ def measure(impl, size, n_splats, repeats, pairs_per_splat=None):
                 compile_s=time.perf_counter() - start)
   record["fwd_ms"], output = _median_ms(forward, args, repeats)
   record["pairs_dropped"] = int(output.pairs_dropped[0])
+  if impl != "reference":
+    def bin_only(splats, viewmats):
+      projected = rasterizer.project_splats(splats, viewmats[0], Ks[0], size, size)
+      return binning.bin_splats(projected, size, size, capacity)
+    record["bin_ms"], bins = _median_ms(jax.jit(bin_only).lower(*args).compile(), args, repeats)
+    record["pairs_needed"] = int(bins.pairs_total)
   record["fwd_bwd_ms"], _ = _median_ms(forward_backward, args, repeats)
   record["fwd_bwd_peak_bytes"], record["peak_bytes_method"] = _peak_bytes(forward_backward)
   return record
@@ -144,14 +152,16 @@ def main(argv=None):
 
 def _print_table(records):
   header = (f"{'impl':>10} {'size':>5} {'splats':>7} {'fwd ms':>10} {'fwd+bwd ms':>11} "
-            f"{'x ref fwd':>9} {'x ref f+b':>9}  note")
+            f"{'bin ms':>8} {'pairs used':>10} {'x ref fwd':>9} {'x ref f+b':>9}  note")
   print(header)
   print("-" * len(header))
   fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format(
       "-", ">" + spec.split(".")[0])
+  used = lambda r: r["pairs_needed"] / r["capacity"] if "pairs_needed" in r else None
   for r in records:
     print(f"{r['impl']:>10} {r['height']:>5} {r['n_splats']:>7} {fmt(r['fwd_ms'], '10.1f')} "
-          f"{fmt(r['fwd_bwd_ms'], '11.1f')} {fmt(r.get('speedup_fwd_vs_reference'), '9.1f')} "
+          f"{fmt(r['fwd_bwd_ms'], '11.1f')} {fmt(r.get('bin_ms'), '8.2f')} "
+          f"{fmt(used(r), '10.0%')} {fmt(r.get('speedup_fwd_vs_reference'), '9.1f')} "
           f"{fmt(r.get('speedup_fwd_bwd_vs_reference'), '9.1f')}  {r.get('error', '')[:60]}")
 
 

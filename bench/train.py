@@ -8,10 +8,13 @@
 For each renderer of `--renderers` (default: the config's `renderer`), times the real
 data-parallel train step (all local devices) on random images of the config's size (throughput
 does not depend on pixel values), after one compiling step. The renderer's share is the time of
-its forward + backward alone on the inputs that step renders, divided by the step time:
-`rasterizer.rasterize` on the rigged splats for "gaussians" (routed as the step routes it:
-`config.render.geometry_gradients`), `mesh_baseline.render` on the
-target mesh, predicted texture and lighting for "mesh". `--override KEY=VALUE` (repeatable) sets
+its forward + backward alone on the inputs that step renders, timed before each step on the
+same parameters (the compositing's early stop makes its cost depend on them), divided by the
+step time (medians of both): for
+"gaussians", `objective.render_splats` (the step's own render: rigging, shading and
+`rasterizer.rasterize`, with the geometry gradients routed as `config.render.geometry_gradients`
+says) on the predicted local Gaussians, mesh, camera and lighting; for "mesh",
+`mesh_baseline.render` on the target mesh, predicted texture and lighting. `--override KEY=VALUE` (repeatable) sets
 any other config field, as `--config.KEY=VALUE` does for the train CLI; VALUE is read as a
 Python literal, else as a string.
 
@@ -35,12 +38,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import rasterizer  # noqa: E402
 from sheap_jax import camera as camera_lib  # noqa: E402
-from sheap_jax import gradient_routing  # noqa: E402
 from sheap_jax import mesh_baseline  # noqa: E402
 from sheap_jax import objective  # noqa: E402
-from sheap_jax import rigging  # noqa: E402
 from sheap_jax import train  # noqa: E402
 
 
@@ -71,47 +71,40 @@ def load_config(spec: str, overrides=()):
   return config
 
 
-def timed(fn, repeats):
-  """Median wall time (ms) of fn() over `repeats` calls, each waited for."""
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(1e3 * (time.perf_counter() - start))
-  return statistics.median(times)
+def timed_once(fn):
+  """Wall time (ms) of fn(), waited for, and its result."""
+  start = time.perf_counter()
+  result = jax.block_until_ready(fn())
+  return 1e3 * (time.perf_counter() - start), result
 
 
-def renderer_forward_backward(config, out: objective.Reanimation, frozen: objective.Frozen):
-  """(jitted f(inputs) -> their gradient, inputs, splat count or None): the renderer of
-  `config.renderer` alone, on the inputs it drew in `out` (one reanimated batch)."""
+def renderer_forward_backward(config, frozen: objective.Frozen):
+  """The renderer of `config.renderer` alone, on the inputs it drew in `out` (one reanimated
+  batch): (jitted f(inputs, Ks) -> the inputs' gradient, out -> (inputs, Ks), out -> splat
+  count or None)."""
   size = config.render.size
   background = jnp.asarray(config.render.background, jnp.float32)
+  lighting = lambda out: jnp.asarray(objective.DEFAULT_LIGHTING) + out.source.lighting
   if config.renderer == "mesh":
-    camera = camera_lib.Camera(K=out.Ks, viewmat=out.viewmats, width=size, height=size)
-    lighting = jnp.asarray(objective.DEFAULT_LIGHTING) + out.source.lighting
-
-    def total(inputs):
-      vertices, texture, sh = inputs
+    def total(inputs, Ks):
+      vertices, texture, sh, viewmats = inputs
+      camera = camera_lib.Camera(K=Ks, viewmat=viewmats, width=size, height=size)
       r = mesh_baseline.render(vertices, frozen.mesh, camera, texture, sh, background)
       return jnp.sum(r.color) + jnp.sum(r.alpha) + jnp.sum(r.depth) + jnp.sum(r.normals)
-    return jax.jit(jax.grad(total)), (out.vertices, out.texture, lighting), None
+    inputs_of = lambda out: ((out.vertices, out.texture, lighting(out), out.viewmats), out.Ks)
+    return jax.jit(jax.grad(total)), inputs_of, lambda out: None
 
-  splats = rigging.rig_gaussians(out.local_gaussians, out.vertices, frozen.flame.faces)
-  routed = config.render.get("geometry_gradients", "gaussians") == "gaussians"
+  faces = frozen.flame.faces
 
-  def render(s, viewmats):
-    return rasterizer.rasterize(s, viewmats, out.Ks, size, size, background,
-                                impl=config.render.impl, capacity=config.render.get("capacity"))
-
-  def total(copies):  # with routed geometry gradients the step runs the backward twice
-    if routed:
-      r = gradient_routing.route_gradients(render, objective.GEOMETRY_BUFFERS,
-                                           (copies[0], out.viewmats), (copies[1], out.viewmats))
-    else:
-      r = render(copies[0], out.viewmats)
+  def total(inputs, Ks):  # the step's render: rig, shade, rasterise (routed as configured)
+    local, vertices, viewmats, sh = inputs
+    r = objective.render_splats(config, local, vertices, faces, viewmats, Ks, sh, background)
     return (jnp.sum(r.color) + jnp.sum(r.depth) + jnp.sum(r.normals)
             + jnp.sum(r.distortion) + jnp.sum(r.median_depth))
-  return jax.jit(jax.grad(total)), (splats, splats), int(splats.means.shape[1])
+  inputs_of = lambda out: ((out.local_gaussians, out.vertices, out.viewmats, lighting(out)),
+                           out.Ks)  # the intrinsics are constants, as in the step
+  splats = lambda out: int(np.prod(out.local_gaussians.offsets.shape[1:3]))
+  return jax.jit(jax.grad(total)), inputs_of, splats
 
 
 def bench_renderer(config, spec: str, steps: int):
@@ -134,23 +127,22 @@ def bench_renderer(config, spec: str, steps: int):
   batch["target_landmarks"] = rng.random((devices, per_device, 68, 2), np.float32) * size
   batch["target_landmarks_valid"] = np.ones((devices, per_device, 68), np.float32)
   sharded = train.shard_batch(batch, mesh)
+  device_batch = [jnp.asarray(batch[name][0]) for name in ("source_image", "target_image")]
+  reanimate = jax.jit(lambda p, f, s, t: objective.reanimate(networks, p, f, config, s, t))
+  forward_backward, inputs_of, splats_of = renderer_forward_backward(config, frozen_host)
 
-  holder = [state]
-
-  def run_step():
-    holder[0], metrics = step(holder[0], frozen, sharded)
-    return metrics
-
-  jax.block_until_ready(run_step())  # compile
-  step_ms = timed(run_step, steps)
-
-  # The renderer alone on one device's share of the batch, as the step renders it.
-  out = jax.jit(lambda p, f, s, t: objective.reanimate(networks, p, f, config, s, t))(
-      holder[0].params, frozen_host, jnp.asarray(batch["source_image"][0]),
-      jnp.asarray(batch["target_image"][0]))
-  forward_backward, inputs, splats = renderer_forward_backward(config, out, frozen_host)
-  jax.block_until_ready(forward_backward(inputs))
-  raster_ms = timed(lambda: forward_backward(inputs), steps)
+  # Step and renderer alternate on the same parameters: the renderer alone on one device's share
+  # of the batch, as the step renders it, then the step. The first round compiles.
+  step_times, raster_times = [], []
+  for round_ in range(steps + 1):
+    out = jax.block_until_ready(reanimate(state.params, frozen_host, *device_batch))
+    raster_ms, _ = timed_once(lambda: forward_backward(*inputs_of(out)))
+    step_ms, (state, _) = timed_once(lambda: step(state, frozen, sharded))
+    if round_:
+      raster_times.append(raster_ms)
+      step_times.append(step_ms)
+  step_ms, raster_ms = statistics.median(step_times), statistics.median(raster_times)
+  splats = splats_of(out)
 
   return dict(
       config=spec, renderer=config.renderer, pairs_per_s=devices * per_device / (step_ms / 1e3),

@@ -32,7 +32,7 @@ bin_splats = binning.bin_splats
 
 def _composite(projected, width, height, impl, capacity, impl_options):
   """Running sums ((H, W) leading) and the number of dropped pairs for one image."""
-  if impl == "reference":
+  if impl == "reference":  # no pairs: nothing to drop
     return reference.composite_reference(projected, width, height, **impl_options), jnp.int32(0)
   bins = binning.bin_splats(projected, width, height, capacity)
   if impl == "tiled":
@@ -60,7 +60,8 @@ def rasterize_image(
   state, dropped = _composite(projected, width, height, impl, capacity, impl_options)
   culled = jnp.sum(~projected.visible).astype(jnp.int32)
   return RasterOutput(
-      **splat_math.pixel_outputs(state, background), splats_culled=culled, pairs_dropped=dropped)
+      **splat_math.pixel_outputs(state, background), splats_culled=culled, pairs_dropped=dropped,
+      pairs_needed=binning.pairs_needed(projected))
 
 
 def rasterize(

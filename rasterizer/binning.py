@@ -26,6 +26,19 @@ def default_capacity(num_splats: int, width: int, height: int) -> int:
   return max(1, min(num_splats * tiles_x * tiles_y, max(1024, 8 * num_splats)))
 
 
+def _tile_rects(boxes: jnp.ndarray):
+  """Tile rectangles (x0, y0, width, height), each (N,), of pixel boxes (N, 4)."""
+  tiles = boxes // types.TILE_SIZE
+  return tiles[:, 0], tiles[:, 1], tiles[:, 2] - tiles[:, 0] + 1, tiles[:, 3] - tiles[:, 1] + 1
+
+
+def pairs_needed(projected: types.ProjectedSplats) -> jnp.ndarray:
+  """() int32: the (splat, tile) pairs the visible splats' boxes cover, i.e. the capacity a
+  scene needs to drop nothing."""
+  _, _, rect_w, rect_h = _tile_rects(projected.boxes)
+  return jnp.sum(jnp.where(projected.visible, rect_w * rect_h, 0)).astype(jnp.int32)
+
+
 def depth_order(projected: types.ProjectedSplats) -> jnp.ndarray:
   """Splat indices front to back, invisible splats last (a stable sort, so ties keep index
   order in every path)."""
@@ -62,9 +75,7 @@ def bin_splats(
         splat_ids=jnp.zeros((capacity,), jnp.int32), pairs_total=zero, pairs_dropped=zero)
 
   order = depth_order(projected)
-  boxes = projected.boxes[order] // types.TILE_SIZE  # tile rectangles, front to back
-  rect_w = boxes[:, 2] - boxes[:, 0] + 1
-  rect_h = boxes[:, 3] - boxes[:, 1] + 1
+  rect_x, rect_y, rect_w, rect_h = _tile_rects(projected.boxes[order])  # front to back
   counts = jnp.where(projected.visible[order], rect_w * rect_h, 0)
   ends = jnp.cumsum(counts)
   pairs_total = ends[-1]
@@ -74,8 +85,8 @@ def bin_splats(
   rank = jnp.minimum(rank, num_splats - 1).astype(jnp.int32)
   used = slot < pairs_total
   local = slot - (ends[rank] - counts[rank])
-  tile_x = boxes[rank, 0] + local % rect_w[rank]
-  tile_y = boxes[rank, 1] + local // rect_w[rank]
+  tile_x = rect_x[rank] + local % rect_w[rank]
+  tile_y = rect_y[rank] + local // rect_w[rank]
   tile = jnp.where(used, tile_y * tiles_x + tile_x, num_tiles)  # sentinel tile sorts last
   splat_ids = order[rank]
 

@@ -68,3 +68,4 @@ class RasterOutput:
   distortion: jnp.ndarray  # (B, H, W) sum_ij w_i w_j (m_i - m_j)^2 in normalised depth m
   splats_culled: jnp.ndarray  # (B,) int32 splats that cannot touch any pixel
   pairs_dropped: jnp.ndarray  # (B,) int32 (splat, tile) pairs lost to capacity (0 for reference)
+  pairs_needed: jnp.ndarray  # (B,) int32 pairs the scene asks for (the capacity dropping none)

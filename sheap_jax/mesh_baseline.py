@@ -279,7 +279,7 @@ def render(vertices: jnp.ndarray, topology: MeshTopology, camera: camera_lib.Cam
   return RasterOutput(color=images.color, alpha=images.alpha, depth=images.depth,
                       median_depth=images.depth, normals=images.normals,
                       distortion=jnp.zeros_like(images.depth), splats_culled=zeros,
-                      pairs_dropped=zeros)
+                      pairs_dropped=zeros, pairs_needed=zeros)
 
 
 class AlbedoHead(nn.Module):

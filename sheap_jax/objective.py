@@ -279,9 +279,10 @@ def _check_geometry_gradients(config) -> str:
   return choice
 
 
-def _render_splats(config, local, vertices, faces, viewmats, Ks, lighting, background
-                   ) -> rasterizer.RasterOutput:
-  """The 2DGS render of `local` rigged to `vertices`. With `geometry_gradients="gaussians"`
+def render_splats(config, local, vertices, faces, viewmats, Ks, lighting, background
+                  ) -> rasterizer.RasterOutput:
+  """The 2DGS render of `local` rigged to `vertices` and shaded under `lighting`, as the train
+  step renders it (also timed alone by bench/train.py). With `geometry_gradients="gaussians"`
   the geometry buffers' gradients reach only the Gaussians (`gradient_routing`)."""
   size = config.render.size
 
@@ -332,8 +333,8 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   else:
     local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
                                      frozen.layout)
-    render = _render_splats(config, local, flame_out.vertices, frozen.flame.faces, viewmats, Ks,
-                            lighting, background)
+    render = render_splats(config, local, flame_out.vertices, frozen.flame.faces, viewmats, Ks,
+                           lighting, background)
     depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.flame.faces, Ks,
                                                 viewmats, size)
 
@@ -384,7 +385,8 @@ def pair_losses(networks: Networks, params, frozen: Frozen, config,
                 batch: Dict[str, jnp.ndarray]
                 ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray], Dict[str, jnp.ndarray]]:
   """Per-pair (total (B,), {term: (B,)}, {counter: (B,)}) for a batch of pairs; the counters
-  are the rasteriser's `pairs_dropped` (over capacity) and `splats_culled`."""
+  are the rasteriser's `pairs_dropped` (over capacity), `pairs_needed` (to size the capacity)
+  and `splats_culled`."""
   out = reanimate(networks, params, frozen, config, batch["source_image"], batch["target_image"])
   context = loss_context(networks, frozen, config, batch, out)
   feature_fn = context.feature_fn
@@ -395,7 +397,8 @@ def pair_losses(networks: Networks, params, frozen: Frozen, config,
     return losses.total_loss(terms_config, single)
 
   totals, terms = jax.vmap(one_pair)(context.replace(feature_fn=None))
-  counters = dict(pairs_dropped=out.render.pairs_dropped, splats_culled=out.render.splats_culled)
+  counters = dict(pairs_dropped=out.render.pairs_dropped, pairs_needed=out.render.pairs_needed,
+                  splats_culled=out.render.splats_culled)
   return totals, terms, counters
 
 

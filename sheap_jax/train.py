@@ -358,8 +358,10 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         progress.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped_steps"]))
         if metrics["render/pairs_dropped_per_pair"] > 0:
           logging.warning("step %d: the rasteriser dropped %.0f (splat, tile) pairs per image "
-                          "over its capacity; raise --config.render.capacity", step,
-                          metrics["render/pairs_dropped_per_pair"])
+                          "over its capacity (%.0f asked for on average); raise "
+                          "--config.render.capacity", step,
+                          metrics["render/pairs_dropped_per_pair"],
+                          metrics["render/pairs_needed_per_pair"])
       if config.preview_every and step % config.preview_every == 0 and jax.process_index() == 0:
         write_preview(workdir, step, reanimate, state, frozen_host, batch, flame_model)
       if validation is not None and (step % config.eval_every == 0

@@ -26,8 +26,8 @@ def _render(rng, **fields):
       normals=rng.standard_normal((B, H, W, 3)), distortion=rng.random((B, H, W)))
   buffers.update(fields)
   buffers = {k: jnp.asarray(v, jnp.float32) for k, v in buffers.items()}
-  return RasterOutput(**buffers, splats_culled=jnp.zeros((B,), jnp.int32),
-                      pairs_dropped=jnp.zeros((B,), jnp.int32))
+  zeros = jnp.zeros((B,), jnp.int32)
+  return RasterOutput(**buffers, splats_culled=zeros, pairs_dropped=zeros, pairs_needed=zeros)
 
 
 def _context(rng, render=None, **fields):

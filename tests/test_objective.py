@@ -259,7 +259,9 @@ def test_pairs_over_the_rasteriser_capacity_are_counted(setup):
 
   render, counters = run(params)
   assert np.all(np.asarray(render.pairs_dropped) > 0)
+  np.testing.assert_array_equal(render.pairs_needed, render.pairs_dropped + 16)
   np.testing.assert_allclose(counters["pairs_dropped"], np.mean(render.pairs_dropped))
+  np.testing.assert_allclose(counters["pairs_needed"], np.mean(render.pairs_needed))
   np.testing.assert_allclose(counters["splats_culled"], np.mean(render.splats_culled))
 
 

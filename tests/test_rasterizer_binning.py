@@ -158,6 +158,7 @@ def test_bins_list_each_tiles_splats_front_to_back_with_either_sort():
     got = [list(ids[start:stop]) for start, stop in ranges]
     assert got == want, two_key_sort
     assert int(bins.pairs_total) == total and int(bins.pairs_dropped) == 0
+  assert int(binning.pairs_needed(projected)) == total
 
 
 def test_capacity_cut_drops_the_farthest_pairs_and_counts_them():

@@ -117,7 +117,9 @@ def check_single_splat_cases(impl):
     for output in ("alpha", "depth", "median_depth", "normals", "distortion"):
       np.testing.assert_array_equal(got[name][output], 0, err_msg=f"{name} {output}")
     assert got[name]["splats_culled"] == 1, name
+    assert got[name]["pairs_needed"] == 0, name  # a culled splat asks for no tile
   assert got["face_on"]["splats_culled"] == got["whole_image"]["splats_culled"] == 0
+  assert got["whole_image"]["pairs_needed"] == (size // 16) ** 2  # every tile
 
 
 def check_empty_scene(impl):
@@ -129,7 +131,7 @@ def check_empty_scene(impl):
                impl=impl)
   np.testing.assert_array_equal(got["color"][0], np.broadcast_to(background, (18, 20, 3)))
   for output in ("alpha", "depth", "median_depth", "normals", "distortion", "splats_culled",
-                 "pairs_dropped"):
+                 "pairs_dropped", "pairs_needed"):
     np.testing.assert_array_equal(got[output], 0, err_msg=output)
 
 

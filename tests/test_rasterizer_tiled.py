@@ -81,3 +81,4 @@ def test_over_capacity_scene_reports_its_dropped_pairs():
   pairs = int(np.sum(np.where(np.asarray(projected.visible), tiles, 0)))
   assert pairs > capacity
   assert int(out.pairs_dropped[0]) == pairs - capacity
+  assert int(out.pairs_needed[0]) == pairs
