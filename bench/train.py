@@ -168,15 +168,16 @@ def main(argv=None):
     parser.error("set the renderer with --renderers, not --override renderer=...")
   renderers = [r for r in args.renderers.split(",") if r] or [
       load_config(args.config, args.override).renderer]
-  print(f"{'config':<24}{'renderer':<11}{'device':<14}{'batch':>6}{'splats':>8}{'step ms':>10}"
+  spec = " ".join([args.config] + [f"--override {o}" for o in args.override])
+  width = max(24, len(spec) + 2)
+  print(f"{'config':<{width}}{'renderer':<11}{'device':<14}{'batch':>6}{'splats':>8}{'step ms':>10}"
         f"{'pairs/s':>9}{'render ms':>11}{'share':>7}")
   records = []
   for renderer in renderers:
     config = load_config(args.config, args.override + [f"renderer={renderer!r}"])
-    spec = " ".join([args.config] + [f"--override {o}" for o in args.override])
     r = bench_renderer(config, spec, args.steps)
     records.append(r)
-    print(f"{r['config']:<24}{r['renderer']:<11}{r['device']:<14}{r['batch_size']:>6}"
+    print(f"{r['config']:<{width}}{r['renderer']:<11}{r['device']:<14}{r['batch_size']:>6}"
           f"{'-' if r['splats'] is None else r['splats']:>8}{r['step_ms']:>10.1f}"
           f"{r['pairs_per_s']:>9.2f}{r['raster_ms']:>11.1f}{r['raster_share']:>7.2f}",
           flush=True)
