@@ -36,7 +36,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # 2DGS render of the target view: size (square), rasteriser implementation, background, and
   # where the depth/normal/distortion buffers' gradients go: "gaussians" (the Gaussians
   # Regressor only; the mesh is what those terms measure against) or "all" (also the predictor,
-  # through the rig). See docs/training.md.
+  # through the rig). See docs/training.md. On GPUs set impl="pallas" (the Triton kernels);
+  # "tiled" is the portable pure-JAX path, 60-200x slower there (README, Performance).
   c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0),
                   geometry_gradients="gaussians")
   c.losses = losses.default_losses_config()
