@@ -19,7 +19,6 @@ detection-to-landmark-box constants that `sheap_jax/crop.py` holds. Prints a tab
 JSON records.
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from bench import json_out  # noqa: E402
 from data import pairs  # noqa: E402
 from data.synthetic_heads import features as frame_features  # noqa: E402
 from sheap_jax import crop  # noqa: E402
@@ -256,9 +256,7 @@ def main(argv=None):
           f"found {recall[1]:.3f}, median IoU {recall[2]:.3f}")
     print("detection -> landmark box fitted on the training split (shift, width, height): "
           + ", ".join(f"{v:.3f}" for v in fitted))
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(records, f, indent=1)
+  json_out.write_json(args.out, records)
 
 
 if __name__ == "__main__":

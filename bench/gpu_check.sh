@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure the issues ask for, in two calls of at most ~9 minutes each. Steps run
 # smallest first, each under its own time limit, so a slow step cannot swallow the rest; logs
-# and JSON land in $OUT (./gpu_out elsewhere).
+# and JSON land in $OUT (./gpu_out elsewhere), the benchmarks' JSON rewritten after every
+# record, so a step cut by its limit keeps what it measured.
 #   bash bench/gpu_check.sh raster   # Pallas vs reference on the GPU, the rasteriser grid (#3)
 #   bash bench/gpu_check.sh models   # ViT / DINOv2, batched prediction (#8), train step (#7)
 # "raster" needs jax, flax and numpy only. "models" also needs ml-collections (bench/predict.py
@@ -30,7 +31,7 @@ case $PART in
         --exit-check-every 1,16 --out "$OUT/pallas_smoke_h200.json"
     # The issue's grid (bin_ms: projection + binning alone; pairs_needed against capacity),
     # then the same at 3 pairs per splat, which holds every 512^2 scene from 20k splats up.
-    step raster_bench 200 python3 bench/rasterizer.py --impls tiled,pallas --sizes 256,512 \
+    step raster_bench 240 python3 bench/rasterizer.py --impls pallas,tiled --sizes 256,512 \
         --splats 10000,20000,50000,100000 --repeats 5 --out "$OUT/rasterizer_h200.json"
     step raster_capacity 90 python3 bench/rasterizer.py --impls pallas --sizes 512 \
         --splats 20000,100000 --repeats 5 --pairs-per-splat 3 \

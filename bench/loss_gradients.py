@@ -13,7 +13,6 @@ images and landmarks at the config's sizes, freshly initialised parameters. Writ
 `term`, `weight`, `predictor_norm`, `heads` ({group: norm}), `renderer_norm`, `config`,
 `geometry_gradients`, `device`.
 """
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import json_out  # noqa: E402
 from sheap_jax import objective  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:cpu", "Training config.")
@@ -105,9 +105,7 @@ def main(argv):
                         config=config_flags.get_config_filename(flags.FLAGS["config"]),
                         geometry_gradients=routing, device=device))
   if _OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    with open(_OUT.value, "w") as f:
-      json.dump(records, f, indent=2)
+    json_out.write_json(_OUT.value, records)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,19 @@ python bench/mesh_render.py [--size 224] [--repeats 20] [--out runs/bench/mesh_r
 Prints a table of median milliseconds per frame and writes the same figures as JSON.
 """
 import argparse
-import json
 import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sheap_jax import camera as camera_lib
-from sheap_jax import mesh_render
-from sheap_jax import shading
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import json_out  # noqa: E402
+from sheap_jax import camera as camera_lib  # noqa: E402
+from sheap_jax import mesh_render  # noqa: E402
+from sheap_jax import shading  # noqa: E402
 
 
 def head_sized_ellipsoid(rings=51, segments=100, radii=(0.076, 0.11, 0.095)):
@@ -99,9 +101,7 @@ def main():
     results["cases"][name] = {"wall_ms_per_frame": wall / per_frame,
                               "cpu_ms_per_frame": cpu / per_frame}
     print(f"{name:44s} {wall / per_frame:14.2f} {cpu / per_frame:13.2f}")
-  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=2)
+  json_out.write_json(args.out, results)
   print("wrote", args.out)
 
 

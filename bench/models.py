@@ -14,7 +14,6 @@ FLAME-sized mesh (9,976 faces of an icosphere, 2 Gaussians each) with 256 DINOv2
 image, recorded as model "regressor".
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import json_out  # noqa: E402
 from sheap_jax import mesh_topology  # noqa: E402
 from sheap_jax.models.gaussians import GaussiansRegressor, face_layout  # noqa: E402
 from sheap_jax.models.predictor import SheapPredictor  # noqa: E402
@@ -110,12 +110,11 @@ def main(argv=None):
     else:
       r = time_predictor(size, batch, dtype, args.image_size, args.repeats)
     records.append(r)
+    if args.out:
+      json_out.write_json(args.out, records)
     print(f"{r['model']:>9} {r['batch']:>6} {r['dtype']:>9} {r['images_per_s']:>10.1f} "
           f"{r['latency_ms']:>11.2f} {r['compile_s']:>10.1f}  {r['device']}", flush=True)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(records, f, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
+from bench import json_out  # noqa: E402
 from bench import scenes  # noqa: E402
 import rasterizer  # noqa: E402
 
@@ -148,8 +149,7 @@ def main():
 
 def write_report(report, path):
   if path:
-    with open(path, "w") as f:
-      json.dump(report, f, indent=1)
+    json_out.write_json(path, report)
 
 
 if __name__ == "__main__":

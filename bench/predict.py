@@ -18,7 +18,6 @@ records {model, batch, frames_per_s, device, dtype, image_size, median_ms, compi
 vertices}.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import json_out  # noqa: E402
 from configs import base  # noqa: E402
 from sheap_jax import checkpoint_predictor  # noqa: E402
 from sheap_jax import crop  # noqa: E402
@@ -107,10 +107,10 @@ def main(argv=None):
     for size in args.sizes.split(","):
       records += time_batches(fresh_model(size, args.dtype, flame_model), size, batches,
                               args.repeats)
+      if args.out:
+        json_out.write_json(args.out, records)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(records, f, indent=1)
+    json_out.write_json(args.out, records)
     print(f"wrote {args.out}")
 
 

@@ -9,7 +9,8 @@ Times are medians over `--repeats` runs after compilation, binning included (the
 needs (`pairs_needed`, against `capacity`). Ratios are to `reference` measured in the same run, or taken from an earlier
 JSON with `--reference-json` (the dense reference takes ~17 min at 256^2/20k on 2 CPU cores;
 reuse it only while its code is unchanged). Each implementation's failure is recorded in its
-JSON record instead of ending the run. The load average is recorded. Plain jax only.
+JSON record instead of ending the run, and the JSON is rewritten after every record, so a run
+stopped by a time limit keeps what it measured. The load average is recorded. Plain jax only.
 """
 import argparse
 import json
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import json_out  # noqa: E402
 from bench import scenes  # noqa: E402
 import rasterizer  # noqa: E402
 from rasterizer import binning  # noqa: E402
@@ -136,18 +138,21 @@ def main(argv=None):
         row[impl] = record
         records.append(record)
         print(json.dumps({k: v for k, v in record.items() if k != "traceback"}), flush=True)
+        _write(args, records, load_before)  # after every record: a killed run keeps its results
       base = row.get("reference")
       for record in row.values():
         for key in ("fwd_ms", "fwd_bwd_ms"):
           if base and base.get(key) and record.get(key):
             record[f"speedup_{key[:-3]}_vs_reference"] = base[key] / record[key]
   _print_table(records)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(dict(host=platform.node(), cpu_count=os.cpu_count(), note=args.note,
-                   load_avg_1_5_15_min=dict(start=load_before, end=os.getloadavg()),
-                   records=records), f, indent=1)
+  _write(args, records, load_before)
   print(f"wrote {args.out}")
+
+
+def _write(args, records, load_before):
+  json_out.write_json(args.out, dict(
+      host=platform.node(), cpu_count=os.cpu_count(), note=args.note,
+      load_avg_1_5_15_min=dict(start=load_before, end=os.getloadavg()), records=records))
 
 
 def _print_table(records):

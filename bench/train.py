@@ -26,7 +26,6 @@ raster_impl ("mesh_baseline" for the mesh), steps.
 import argparse
 import ast
 import importlib.util
-import json
 import os
 import statistics
 import sys
@@ -38,6 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench import json_out  # noqa: E402
 from sheap_jax import camera as camera_lib  # noqa: E402
 from sheap_jax import mesh_baseline  # noqa: E402
 from sheap_jax import objective  # noqa: E402
@@ -181,10 +181,10 @@ def main(argv=None):
           f"{'-' if r['splats'] is None else r['splats']:>8}{r['step_ms']:>10.1f}"
           f"{r['pairs_per_s']:>9.2f}{r['raster_ms']:>11.1f}{r['raster_share']:>7.2f}",
           flush=True)
+    if args.out:
+      json_out.write_json(args.out, records)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(records, f, indent=2)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
