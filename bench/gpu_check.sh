@@ -30,7 +30,8 @@ case $PART in
     step pallas_smoke 150 python3 bench/pallas_smoke.py --sizes 512 --splats 10000,100000 \
         --exit-check-every 1,16 --out "$OUT/pallas_smoke_h200.json"
     # The grid (bin_ms: projection + binning alone; pairs_needed against capacity),
-    # then the same at 3 pairs per splat, which holds every 512^2 scene from 20k splats up.
+    # then Pallas at 512^2 with a capacity of 3 pairs per splat, which holds every 512^2 scene
+    # from 20k splats up.
     step raster_bench 240 python3 bench/rasterizer.py --impls pallas,tiled --sizes 256,512 \
         --splats 10000,20000,50000,100000 --repeats 5 --out "$OUT/rasterizer_h200.json"
     step raster_capacity 90 python3 bench/rasterizer.py --impls pallas --sizes 512 \

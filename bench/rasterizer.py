@@ -6,11 +6,12 @@
 Times are medians over `--repeats` runs after compilation, binning included (the whole
 `rasterize` call). For the tiled paths the record also times projection + binning alone
 (`bin_ms`), so fwd_ms - bin_ms is the compositing, and counts the (splat, tile) pairs the scene
-needs (`pairs_needed`, against `capacity`). Ratios are to `reference` measured in the same run, or taken from an earlier
-JSON with `--reference-json` (the dense reference takes ~17 min at 256^2/20k on 2 CPU cores;
-reuse it only while its code is unchanged). Each implementation's failure is recorded in its
-JSON record instead of ending the run, and the JSON is rewritten after every record, so a run
-stopped by a time limit keeps what it measured. The load average is recorded. Plain jax only.
+needs (`pairs_needed`, against `capacity`). Ratios are to `reference` measured in the same run,
+or taken from an earlier JSON with `--reference-json` (the dense reference takes ~7 min at
+256^2/20k on 2 quiet CPU cores; reuse it only while its code is unchanged). Each
+implementation's failure is recorded in its JSON record instead of ending the run, and the JSON
+is rewritten after every record, so a run stopped by a time limit keeps what it measured. The
+load average is recorded. Plain jax only.
 """
 import argparse
 import json

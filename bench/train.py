@@ -10,13 +10,12 @@ data-parallel train step (all local devices) on random images of the config's si
 does not depend on pixel values), after one compiling step. The renderer's share is the time of
 its forward + backward alone on the inputs that step renders, timed before each step on the
 same parameters (the compositing's early stop makes its cost depend on them), divided by the
-step time (medians of both): for
-"gaussians", `objective.render_splats` (the step's own render: rigging, shading and
-`rasterizer.rasterize`, with the geometry gradients routed as `config.render.geometry_gradients`
-says) on the predicted local Gaussians, mesh, camera and lighting; for "mesh",
-`mesh_baseline.render` on the target mesh, predicted texture and lighting. `--override KEY=VALUE` (repeatable) sets
-any other config field, as `--config.KEY=VALUE` does for the train CLI; VALUE is read as a
-Python literal, else as a string.
+step time (medians of both): for "gaussians", `objective.render_splats` (the step's own
+render: rigging, shading and `rasterizer.rasterize`, with the geometry gradients routed as
+`config.render.geometry_gradients` says) on the predicted local Gaussians, mesh, camera and
+lighting; for "mesh", `mesh_baseline.render` on the target mesh, predicted texture and lighting.
+`--override KEY=VALUE` (repeatable) sets any other config field, as `--config.KEY=VALUE` does
+for the train CLI; VALUE is read as a Python literal, else as a string.
 
 Prints a table and writes a JSON list of records, one per renderer: config (with any
 --override flags), renderer, pairs_per_s, step_ms, raster_ms (the renderer's forward +
@@ -79,9 +78,9 @@ def timed_once(fn):
 
 
 def renderer_forward_backward(config, frozen: objective.Frozen):
-  """The renderer of `config.renderer` alone, on the inputs it drew in `out` (one reanimated
-  batch): (jitted f(inputs, Ks) -> the inputs' gradient, out -> (inputs, Ks), out -> splat
-  count or None)."""
+  """The renderer of `config.renderer` alone, on the inputs it drew in a reanimated batch `out`:
+  (jitted f(inputs, Ks) -> the inputs' gradient, out -> (inputs, Ks), out -> splat count or
+  None)."""
   size = config.render.size
   background = jnp.asarray(config.render.background, jnp.float32)
   lighting = lambda out: jnp.asarray(objective.DEFAULT_LIGHTING) + out.source.lighting
@@ -170,8 +169,8 @@ def main(argv=None):
       load_config(args.config, args.override).renderer]
   spec = " ".join([args.config] + [f"--override {o}" for o in args.override])
   width = max(24, len(spec) + 2)
-  print(f"{'config':<{width}}{'renderer':<11}{'device':<14}{'batch':>6}{'splats':>8}{'step ms':>10}"
-        f"{'pairs/s':>9}{'render ms':>11}{'share':>7}")
+  print(f"{'config':<{width}}{'renderer':<11}{'device':<14}{'batch':>6}{'splats':>8}"
+        f"{'step ms':>10}{'pairs/s':>9}{'render ms':>11}{'share':>7}")
   records = []
   for renderer in renderers:
     config = load_config(args.config, args.override + [f"renderer={renderer!r}"])

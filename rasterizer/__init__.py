@@ -31,16 +31,17 @@ bin_splats = binning.bin_splats
 
 
 def _composite(projected, width, height, impl, capacity, impl_options):
-  """Running sums ((H, W) leading) and the number of dropped pairs for one image."""
-  if impl == "reference":  # no pairs: nothing to drop
-    return reference.composite_reference(projected, width, height, **impl_options), jnp.int32(0)
+  """Running sums ((H, W) leading), the pairs dropped and the pairs needed for one image."""
+  if impl == "reference":  # no pairs: nothing to drop; the count is what binning would need
+    state = reference.composite_reference(projected, width, height, **impl_options)
+    return state, jnp.int32(0), binning.pairs_needed(projected)
   bins = binning.bin_splats(projected, width, height, capacity)
   if impl == "tiled":
     state = tiled.composite_tiles(projected, bins, width, height, **impl_options)
   else:
     from rasterizer import pallas_kernels  # on first use: it imports the Pallas lowerings
     state = pallas_kernels.composite_tiles(projected, bins, width, height, **impl_options)
-  return state, bins.pairs_dropped
+  return state, bins.pairs_dropped, bins.pairs_total
 
 
 def rasterize_image(
@@ -57,11 +58,11 @@ def rasterize_image(
 ) -> RasterOutput:
   """One image: splats (N, ...), viewmat (4, 4), K (3, 3), background (C,); outputs unbatched."""
   projected = project_splats(splats, viewmat, K, width, height)
-  state, dropped = _composite(projected, width, height, impl, capacity, impl_options)
+  state, dropped, needed = _composite(projected, width, height, impl, capacity, impl_options)
   culled = jnp.sum(~projected.visible).astype(jnp.int32)
   return RasterOutput(
       **splat_math.pixel_outputs(state, background), splats_culled=culled, pairs_dropped=dropped,
-      pairs_needed=binning.pairs_needed(projected))
+      pairs_needed=needed)
 
 
 def rasterize(
