@@ -6,9 +6,11 @@
 Times are medians over `--repeats` runs after compilation, binning included (the whole
 `rasterize` call). For the tiled paths the record also times projection + binning alone
 (`bin_ms`), so fwd_ms - bin_ms is the compositing, and counts the (splat, tile) pairs the scene
-needs (`pairs_needed`, against `capacity`). Ratios are to `reference` measured in the same run,
-or taken from an earlier JSON with `--reference-json` (the dense reference takes ~7 min at
-256^2/20k on 2 quiet CPU cores; reuse it only while its code is unchanged). Each
+needs (`pairs_needed`, against `capacity`) and the longest tile list (`max_tile_pairs`: a GPU
+runs one program per tile, so that tile's serial walk bounds the compositing time). Ratios are
+to `reference` measured in the same run, or taken from an earlier JSON with `--reference-json`
+(the dense reference takes ~7 min at 256^2/20k on 2 quiet CPU cores; reuse it only while its
+code is unchanged). Each
 implementation's failure is recorded in its JSON record instead of ending the run, and the JSON
 is rewritten after every record, so a run stopped by a time limit keeps what it measured. The
 load average is recorded. Plain jax only.
@@ -90,6 +92,8 @@ def measure(impl, size, n_splats, repeats, pairs_per_splat=None):
       return binning.bin_splats(projected, size, size, capacity)
     record["bin_ms"], bins = _median_ms(jax.jit(bin_only).lower(*args).compile(), args, repeats)
     record["pairs_needed"] = int(bins.pairs_total)
+    ranges = bins.tile_ranges
+    record["max_tile_pairs"] = int(jnp.max(ranges[:, 1] - ranges[:, 0]))
   record["fwd_bwd_ms"], _ = _median_ms(forward_backward, args, repeats)
   record["fwd_bwd_peak_bytes"], record["peak_bytes_method"] = _peak_bytes(forward_backward)
   return record
@@ -158,7 +162,8 @@ def _write(args, records, load_before):
 
 def _print_table(records):
   header = (f"{'impl':>10} {'size':>5} {'splats':>7} {'fwd ms':>10} {'fwd+bwd ms':>11} "
-            f"{'bin ms':>8} {'pairs used':>10} {'x ref fwd':>9} {'x ref f+b':>9}  note")
+            f"{'bin ms':>8} {'pairs used':>10} {'longest tile':>12} {'x ref fwd':>9} "
+            f"{'x ref f+b':>9}  note")
   print(header)
   print("-" * len(header))
   fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format(
@@ -167,7 +172,8 @@ def _print_table(records):
   for r in records:
     print(f"{r['impl']:>10} {r['height']:>5} {r['n_splats']:>7} {fmt(r['fwd_ms'], '10.1f')} "
           f"{fmt(r['fwd_bwd_ms'], '11.1f')} {fmt(r.get('bin_ms'), '8.2f')} "
-          f"{fmt(used(r), '10.0%')} {fmt(r.get('speedup_fwd_vs_reference'), '9.1f')} "
+          f"{fmt(used(r), '10.0%')} {fmt(r.get('max_tile_pairs'), '12d')} "
+          f"{fmt(r.get('speedup_fwd_vs_reference'), '9.1f')} "
           f"{fmt(r.get('speedup_fwd_bwd_vs_reference'), '9.1f')}  {r.get('error', '')[:60]}")
 
 
