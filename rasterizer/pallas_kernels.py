@@ -373,10 +373,12 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
   if bins.tile_ranges.shape[0] != config.num_tiles:
     raise ValueError(f"rasterizer/pallas_kernels.py: bins have {bins.tile_ranges.shape[0]} "
                      f"tiles, a {width}x{height} image has {config.num_tiles}")
+  num_splats, num_channels = projected.features.shape
+  if num_splats == 0:  # nothing to gather from: every pixel keeps the initial state
+    return splat_math.initial_state((height, width), num_channels, projected.features.dtype)
   geom, features = _pair_rows(projected)
   color, pixel, index = _composite(config, geom, features, bins.tile_ranges.astype(jnp.int32),
                                    bins.splat_ids.astype(jnp.int32))
-  num_channels = projected.features.shape[1]
   color = _tiles_to_image(color, config)[..., :num_channels].astype(projected.features.dtype)
   pixel = _tiles_to_image(pixel, config)
   index = _tiles_to_image(index, config)

@@ -101,20 +101,22 @@ class CompositeState:
   last_pos: jnp.ndarray  # int32 position of the last composited splat (NO_POSITION if none)
 
 
-def initial_state(num_pixels: int, num_channels: int, dtype=jnp.float32) -> CompositeState:
-  zeros = jnp.zeros((num_pixels,), dtype)
+def initial_state(pixels, num_channels: int, dtype=jnp.float32) -> CompositeState:
+  """The state before any splat: `pixels` is a count (P,) or an image shape (H, W)."""
+  shape = (pixels,) if isinstance(pixels, int) else tuple(pixels)
+  zeros = jnp.zeros(shape, dtype)
   return CompositeState(
-      transmittance=jnp.ones((num_pixels,), dtype),
-      color=jnp.zeros((num_pixels, num_channels), dtype),
+      transmittance=jnp.ones(shape, dtype),
+      color=jnp.zeros(shape + (num_channels,), dtype),
       depth_sum=zeros,
-      normal_sum=jnp.zeros((num_pixels, 3), dtype),
+      normal_sum=jnp.zeros(shape + (3,), dtype),
       median_depth=zeros,
       m1=zeros,
       m2=zeros,
       distortion=zeros,
-      stop_pos=jnp.full((num_pixels,), NO_STOP, jnp.int32),
-      median_pos=jnp.full((num_pixels,), NO_POSITION, jnp.int32),
-      last_pos=jnp.full((num_pixels,), NO_POSITION, jnp.int32),
+      stop_pos=jnp.full(shape, NO_STOP, jnp.int32),
+      median_pos=jnp.full(shape, NO_POSITION, jnp.int32),
+      last_pos=jnp.full(shape, NO_POSITION, jnp.int32),
   )
 
 

@@ -38,8 +38,7 @@ def composite_tiles(
   """Per-pixel running sums, (H, W) leading, compositing each tile's binned pairs."""
   num_splats, num_channels = projected.features.shape
   if num_splats == 0:  # nothing to gather from: every pixel keeps the initial state
-    state = splat_math.initial_state(width * height, num_channels, projected.features.dtype)
-    return jax.tree.map(lambda a: a.reshape((height, width) + a.shape[1:]), state)
+    return splat_math.initial_state((height, width), num_channels, projected.features.dtype)
   tiles_x, tiles_y = binning.tile_grid(width, height)
   x, y, inside = _tile_pixels(tiles_x, tiles_y, width, height)
   params = (projected.ray_transforms, projected.means2d, projected.opacities, projected.normals,

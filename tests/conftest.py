@@ -15,3 +15,18 @@ _CACHE_DIR = os.environ.get(
 )
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SEED_ENV = "SHEAP_JAX_TEST_SEED"
+
+
+@pytest.fixture
+def rng(request):
+  """A numpy Generator on a fresh seed each run (or $SHEAP_JAX_TEST_SEED), printed so that a
+  failing random scene can be replayed: pytest shows it under the failure's captured output."""
+  seed = int(os.environ.get(SEED_ENV) or np.random.SeedSequence().entropy % 2**63)
+  print(f"{request.node.nodeid}: random seed {seed} (replay with {SEED_ENV}={seed})")
+  return np.random.default_rng(seed)

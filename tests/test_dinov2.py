@@ -1,7 +1,6 @@
 """DINOv2 conversion against the real PyTorch models (randomly initialised, shrunk, no download):
 Hugging Face Dinov2Model / Dinov2WithRegistersModel via safetensors, and timm's DINOv2 ViTs
 (plain, 4 registers, SwiGLU giant-style with chunked blocks) via official-layout .pth files."""
-import os
 import re
 import sys
 

@@ -169,11 +169,7 @@ def test_crop_face_box_pads_and_resizes():
   assert crop[9:27, 9:27].min() == 1.0
 
 
-def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, source, tmp_path,
-                                                                 capsys):
-  meshes = (benchmarks.F.GT_VERTICES, benchmarks.F.GT_NEUTRAL_VERTICES)
-  without_meshes = [{k: v for k, v in source[i].items() if k not in meshes}
-                    for i in range(len(source))]
+def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_path, capsys):
   cases = [
       (["--benchmark", "nowish"], "unknown benchmark"),
       (["--benchmark", "now"], "needs --now_dir"),

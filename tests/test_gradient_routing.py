@@ -20,8 +20,7 @@ def _fn(x, scale):
                   count=jnp.sum(x > 0).astype(jnp.int32))
 
 
-def test_routed_fields_send_their_gradient_to_the_second_copy():
-  rng = np.random.default_rng()
+def test_routed_fields_send_their_gradient_to_the_second_copy(rng):
   x = jnp.asarray(rng.normal(size=5), jnp.float32)
   scale = jnp.float32(rng.uniform(0.5, 2.0))
   a, b = jnp.asarray(rng.normal(size=5), jnp.float32), jnp.asarray(rng.normal(size=5), jnp.float32)

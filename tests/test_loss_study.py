@@ -35,8 +35,7 @@ def test_unknown_variant_is_named():
     loss_study.variant_config(base.get_config("cpu"), "bogus", 0)
 
 
-def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch):
-  rng = np.random.default_rng()
+def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch, rng):
   medians = {}
   trained = []
 

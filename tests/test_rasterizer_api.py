@@ -16,8 +16,8 @@ def _splats(rng, num_splats, batch=()):
                               for k, v in scene.items()})
 
 
-def test_batched_rasterize_equals_one_image_at_a_time():
-  rng = np.random.default_rng()
+@pytest.mark.parametrize("impl", ["reference", "tiled", "pallas"])
+def test_batched_rasterize_equals_one_image_at_a_time(impl, rng):
   shared = _splats(rng, 12)
   per_image = _splats(rng, 12, batch=(2,))
   viewmats = jnp.stack([jnp.eye(4), jnp.eye(4).at[0, 3].set(0.1)])
@@ -27,17 +27,25 @@ def test_batched_rasterize_equals_one_image_at_a_time():
   one = jax.jit(rasterizer.rasterize_image, static_argnums=(3, 4), static_argnames="impl")
   for splats, pick in ((shared, lambda s, b: s), (per_image, lambda s, b: jax.tree.map(
       lambda a: a[b], s))):
-    batched = render(splats, viewmats, Ks, WIDTH, HEIGHT, background, impl="reference")
+    batched = render(splats, viewmats, Ks, WIDTH, HEIGHT, background, impl=impl)
     for b in range(2):
       single = one(pick(splats, b), viewmats[b], Ks[b], WIDTH, HEIGHT, background[b],
-                   impl="reference")
+                   impl=impl)
       for name in ("color", "alpha", "depth", "median_depth", "normals", "distortion"):
         np.testing.assert_allclose(getattr(batched, name)[b], getattr(single, name), atol=1e-6)
-  # A (C,) background is shared by every image.
-  shared_bg = render(shared, viewmats, Ks, WIDTH, HEIGHT, background[0], impl="reference")
-  same_bg = render(shared, viewmats, Ks, WIDTH, HEIGHT, jnp.stack([background[0]] * 2),
+
+
+def test_a_background_of_shape_c_is_shared_by_every_image(rng):
+  """(Broadcasting happens before any impl runs: the reference stands for all.)"""
+  splats = _splats(rng, 12)
+  viewmats = jnp.stack([jnp.eye(4), jnp.eye(4).at[0, 3].set(0.1)])
+  Ks = jnp.asarray(np.stack([oracle.pinhole(WIDTH, HEIGHT, 20.0)] * 2))
+  background = jnp.asarray(rng.uniform(0, 1, 3), jnp.float32)
+  render = jax.jit(rasterizer.rasterize, static_argnums=(3, 4), static_argnames="impl")
+  shared = render(splats, viewmats, Ks, WIDTH, HEIGHT, background, impl="reference")
+  stacked = render(splats, viewmats, Ks, WIDTH, HEIGHT, jnp.stack([background] * 2),
                    impl="reference")
-  np.testing.assert_array_equal(shared_bg.color, same_bg.color)
+  np.testing.assert_array_equal(shared.color, stacked.color)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -20,8 +20,7 @@ def _random_camera(rng):
   return np.block([[rotation, rng.normal(0, 0.1, (3, 1))], [np.zeros((1, 3)), 1]])
 
 
-def test_projection_matches_numpy():
-  rng = np.random.default_rng()
+def test_projection_matches_numpy(rng):
   width, height = 40, 30
   scene = oracle.random_scene(rng, 50, depth_range=(-0.5, 3.0))  # some behind the camera
   viewmat = _random_camera(rng)
@@ -65,8 +64,7 @@ def _region_extremes(transform, mean2d, cutoff_sq, num_angles=4096):
                  np.argmax(points[:, 1])]]
 
 
-def test_boxes_hold_every_passing_pixel_and_reach_no_further_than_the_region():
-  rng = np.random.default_rng()
+def test_boxes_hold_every_passing_pixel_and_reach_no_further_than_the_region(rng):
   width, height = 48, 40
   scene = oracle.random_scene(rng, 40, opacity_range=(0.0, 1.0))
   viewmat = _random_camera(rng)
@@ -143,8 +141,7 @@ def _numpy_tile_lists(projected, width, height):
   return lists
 
 
-def test_bins_list_each_tiles_splats_front_to_back_with_either_sort():
-  rng = np.random.default_rng()
+def test_bins_list_each_tiles_splats_front_to_back_with_either_sort(rng):
   width, height = 70, 50  # 5 x 4 tiles, partial tiles at the right and bottom
   scene = oracle.random_scene(rng, 60)
   scene["means"][:10, 2] = scene["means"][10:20, 2]  # equal depths: ties keep index order
@@ -161,8 +158,28 @@ def test_bins_list_each_tiles_splats_front_to_back_with_either_sort():
   assert int(binning.pairs_needed(projected)) == total
 
 
-def test_capacity_cut_drops_the_farthest_pairs_and_counts_them():
-  rng = np.random.default_rng()
+def test_bins_switch_to_the_two_key_sort_where_int32_keys_would_overflow(rng):
+  """65,536 tiles (4096^2 px) and 32,768 splats: tile * N + rank passes 2^31 on the last tile
+  rows and for the sentinel tile of unused slots, so bin_splats must choose the two-key sort."""
+  size, num_splats, num_visible, focal = 4096, 32768, 40, 2048.0
+  tiles_x, tiles_y = binning.tile_grid(size, size)
+  assert (tiles_x * tiles_y + 1) * num_splats > 2**31 - 1
+  scene = oracle.random_scene(rng, num_splats, scale_range=(0.01, 0.03))
+  depth = scene["means"][:num_visible, 2:]
+  # The visible splats sit in the bottom-right corner (the largest tile ids); the rest are
+  # behind the camera.
+  scene["means"][:num_visible, :2] = rng.uniform(0.72, 0.93, (num_visible, 2)) * depth
+  scene["means"][num_visible:, 2] = -1.0
+  projected = _project(scene, np.eye(4), oracle.pinhole(size, size, focal), size, size)
+  assert int(np.asarray(projected.visible).sum()) == num_visible
+  want = _numpy_tile_lists(projected, size, size)
+  bins = jax.jit(binning.bin_splats, static_argnums=(1, 2))(projected, size, size)
+  ranges, ids = np.asarray(bins.tile_ranges), np.asarray(bins.splat_ids)
+  assert [list(ids[start:stop]) for start, stop in ranges] == want
+  assert int(bins.pairs_total) == sum(len(l) for l in want) and int(bins.pairs_dropped) == 0
+
+
+def test_capacity_cut_drops_the_farthest_pairs_and_counts_them(rng):
   width, height = 64, 48
   scene = oracle.random_scene(rng, 40, scale_range=(0.1, 0.4))
   projected = _project(scene, np.eye(4), oracle.pinhole(width, height, 50.0), width, height)

@@ -119,25 +119,15 @@ def render(means, quats, scales, opacities, features, viewmat, K, width, height,
 
 
 def random_scene(rng, num_splats, num_channels=3, depth_range=(1.0, 3.0), extent=0.6,
-                 scale_range=(0.03, 0.25), opacity_range=(0.05, 1.0), max_tilt_deg=None):
-  """Random splats in front of an identity camera (float32 numpy arrays).
-
-  max_tilt_deg bounds the angle between a splat's normal and the optical axis; without it
-  orientations are uniform, grazing ones included.
-  """
+                 scale_range=(0.03, 0.25), opacity_range=(0.05, 1.0)):
+  """Random splats in front of an identity camera (float32 numpy arrays); orientations are
+  uniform, grazing ones included."""
   lo = np.array([-extent, -extent, depth_range[0]])
   hi = np.array([extent, extent, depth_range[1]])
   f32 = lambda a: np.asarray(a, np.float32)
-  if max_tilt_deg is None:
-    quats = rng.normal(size=(num_splats, 4))
-  else:
-    half_angle = np.radians(rng.uniform(0, max_tilt_deg, num_splats)) / 2
-    axis = rng.normal(size=(num_splats, 3))
-    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    quats = np.concatenate([np.cos(half_angle)[:, None], np.sin(half_angle)[:, None] * axis], 1)
   return dict(
       means=f32(rng.uniform(lo, hi, (num_splats, 3))),
-      quats=f32(quats),
+      quats=f32(rng.normal(size=(num_splats, 4))),
       scales=f32(rng.uniform(*scale_range, (num_splats, 2))),
       opacities=f32(rng.uniform(*opacity_range, num_splats)),
       features=f32(rng.uniform(0, 1, (num_splats, num_channels))),

@@ -34,10 +34,9 @@ def mismatched_pixels(got, want, atol):
 
 
 @pytest.mark.parametrize("impl", ["reference", "tiled"])
-def test_matches_official_loop_on_random_scenes(impl):
+def test_matches_official_loop_on_random_scenes(impl, rng):
   """In float64, so that only threshold decisions (never rounding) can differ: in float32 the
   ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned."""
-  rng = np.random.default_rng()
   width, height = 40, 33
   K = oracle.pinhole(width, height, 45.0).astype(np.float64)
   background = np.array([0.2, 0.4, 0.6])
@@ -135,42 +134,46 @@ def check_empty_scene(impl):
     np.testing.assert_array_equal(got[output], 0, err_msg=output)
 
 
-@pytest.mark.parametrize("impl", ["reference", "tiled"])
+@pytest.mark.parametrize("impl", ["reference", "tiled", "pallas"])
 def test_single_splat_cases_behave_as_the_official_rasteriser(impl):
   check_single_splat_cases(impl)
 
 
-@pytest.mark.parametrize("impl", ["reference", "tiled"])
+@pytest.mark.parametrize("impl", ["reference", "tiled", "pallas"])
 def test_empty_scene_renders_the_background(impl):
   check_empty_scene(impl)
 
 
-def _well_conditioned_scene(rng, width, height, K, viewmat):
+def _well_conditioned_scene(rng, width, height, K, viewmat, stopping):
   """Three large splats at well separated depths, every decision far from its threshold, and
   no filter-dominated pixel (whose depth gradient holds s fixed, as the official backward does:
-  tested on its own below), so the gradient is the exact derivative."""
-  for _ in range(500):
+  tested on its own below), so the gradient is the exact derivative. `stopping`: nearly opaque
+  splats (below the 0.99 alpha cap) stacked near the centre, so that some pixels stop early."""
+  offset, opacities = ((0.1, (0.93, 0.98)) if stopping else (0.2, (0.2, 0.9)))
+  for _ in range(4000):  # about 1% of `stopping` draws qualify
     scene = dict(
-        means=rng.uniform(-0.2, 0.2, (3, 3)) * [1, 1, 0] + [[0, 0, 1.5], [0, 0, 2.2], [0, 0, 3]],
+        means=rng.uniform(-offset, offset, (3, 3)) * [1, 1, 0]
+        + [[0, 0, 1.5], [0, 0, 2.2], [0, 0, 3]],
         quats=rng.normal(size=(3, 4)) * [0.3, 1, 1, 1] + [2, 0, 0, 0],
         scales=rng.uniform(0.6, 1.2, (3, 2)),
-        opacities=rng.uniform(0.2, 0.9, 3),
+        opacities=rng.uniform(*opacities, 3),
         features=rng.uniform(0, 1, (3, 2)),
     )
     buffers, margin = oracle.render(**scene, viewmat=viewmat, K=K, width=width,
                                     height=height, background=np.zeros(2))
-    if margin.min() > 0.05 and not buffers["filtered"].any():
+    if (margin.min() > 0.05 and not buffers["filtered"].any()
+        and buffers["stopped"].any() == stopping):
       return scene
   raise AssertionError("no well-conditioned scene found")
 
 
-def test_reference_gradients_match_finite_differences_in_float64():
-  rng = np.random.default_rng()
+@pytest.mark.parametrize("stopping", [False, True], ids=["translucent", "stopping_early"])
+def test_reference_gradients_match_finite_differences_in_float64(stopping, rng):
   width, height = 10, 9
   K = oracle.pinhole(width, height, 12.0).astype(np.float64)
   rotation = oracle.quat_to_rotmat(np.array([1.0, *rng.normal(0, 0.05, 3)]))
   viewmat = np.block([[rotation, rng.normal(0, 0.02, (3, 1))], [np.zeros((1, 3)), 1]])
-  scene = _well_conditioned_scene(rng, width, height, K, viewmat)
+  scene = _well_conditioned_scene(rng, width, height, K, viewmat, stopping)
   weights = {name: rng.normal(size=(1, height, width) + {"normals": (3,), "color": (2,)}.get(
       name, ())) for name in OUTPUTS}
   background = np.array([0.3, 0.7])
@@ -179,10 +182,11 @@ def test_reference_gradients_match_finite_differences_in_float64():
     def loss(params):
       splats = rasterizer.Splats(**{k: params[k] for k in scene})
       out = rasterizer.rasterize(splats, params["viewmat"][None], jnp.asarray(K)[None], width,
-                                 height, jnp.asarray(background), impl="reference")
+                                 height, params["background"], impl="reference")
       return sum(jnp.sum(getattr(out, name) * weights[name]) for name in OUTPUTS)
 
-    params = {k: jnp.asarray(v, jnp.float64) for k, v in {**scene, "viewmat": viewmat}.items()}
+    params = {k: jnp.asarray(v, jnp.float64)
+              for k, v in {**scene, "viewmat": viewmat, "background": background}.items()}
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     flat_loss = jax.jit(lambda v: loss(unravel(v)))
     eps = 1e-6
@@ -207,11 +211,10 @@ def _intersection_depth(tu, tv, tw, x, y):
   return s, s @ tw[:2] + tw[2]
 
 
-def test_depth_gradient_holds_s_fixed_where_the_low_pass_filter_wins():
+def test_depth_gradient_holds_s_fixed_where_the_low_pass_filter_wins(rng):
   """Official backward: an unfiltered pixel's depth is differentiated through s (checked by
   central differences); a filtered one's only through T_w, d depth / d T_w = (s_x, s_y, 1)."""
   from rasterizer import splat_math, types  # pylint: disable=import-outside-toplevel
-  rng = np.random.default_rng()
   checked = {True: 0, False: 0}
   with jax.enable_x64(True):
     def depth(tu, tv, tw, mean, x, y):
