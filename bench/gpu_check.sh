@@ -26,9 +26,11 @@ step() {  # step NAME SECONDS CMD...
 step env 60 bash -c 'nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; python3 -c "import jax, flax; print(jax.__version__, flax.__version__, jax.devices())"'
 case $PART in
   raster)
-    # Compiled Pallas kernels against the reference (outputs and gradients), 512^2 timings.
+    # Compiled Pallas kernels against the reference (outputs and gradients), 512^2 timings of
+    # the forward's exit-test interval and unrolling (tiled is timed in the grid below).
     step pallas_smoke 150 python3 bench/pallas_smoke.py --sizes 512 --splats 10000,100000 \
-        --exit-check-every 1,16 --out "$OUT/pallas_smoke_h200.json"
+        --impls pallas,reference --exit-check-every 1,16 --unroll 1,4,16 \
+        --out "$OUT/pallas_smoke_h200.json"
     # The grid (bin_ms: projection + binning alone; pairs_needed against capacity),
     # then Pallas at 512^2 with a capacity of 3 pairs per splat, which holds every 512^2 scene
     # from 20k splats up.

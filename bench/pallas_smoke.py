@@ -97,6 +97,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--exit-check-every", default="1,16",
                       help="pallas forward: pairs between all-pixels-done tests (each timed)")
+  parser.add_argument("--unroll", default="1",
+                      help="pallas forward: pairs per inner-loop step (each timed, with every "
+                      "--exit-check-every it divides)")
   parser.add_argument("--interpret", action="store_true", help="interpret mode (CPU dry run)")
   parser.add_argument("--out", default="")
   args = parser.parse_args()
@@ -124,14 +127,17 @@ def main():
     for num_splats in counts:
       splats = scenes.head_scene(num_splats, seed=1)
       impls = args.impls.split(",")
-      runs = [("pallas", dict(backend=b, interpret=args.interpret, exit_check_every=int(e)))
-              for b in working if "pallas" in impls for e in args.exit_check_every.split(",")]
+      runs = [("pallas", dict(backend=b, interpret=args.interpret, exit_check_every=e,
+                              unroll=u))
+              for b in working if "pallas" in impls
+              for e in map(int, args.exit_check_every.split(","))
+              for u in map(int, args.unroll.split(",")) if e % u == 0]
       runs += [(impl, {}) for impl in impls if impl != "pallas"]
       for impl, options in runs:
         if impl == "reference" and num_splats != min(counts):
           continue
         name = impl + (f"/{options['backend']}/exit{options['exit_check_every']}"
-                       if options else "")
+                       f"/unroll{options['unroll']}" if options else "")
         try:
           render, grad, viewmats = make_fns(size, impl, **options)
           record = dict(impl=name, height=size, width=size, n_splats=num_splats,

@@ -31,6 +31,7 @@ PIXELS = TILE * TILE
 BACKENDS = ("triton", "mosaic_gpu", "mosaic_tpu")
 BACKEND_ENV = "RASTERIZER_PALLAS_BACKEND"
 DEFAULT_EXIT_CHECK_EVERY = 16
+DEFAULT_UNROLL = 1
 
 # Columns of the pair-major geometry rows (16 = a power of two, as Triton loads want).
 GEOM_RAY = 0  # 9 values: rows T_u, T_v, T_w of the ray transform
@@ -57,6 +58,7 @@ class KernelConfig:
   interpret: bool
   backend: str
   exit_check_every: int  # pairs composited between two all-pixels-done tests
+  unroll: int  # forward pairs per inner-loop step, as straight-line code
 
   @property
   def tiles_x(self):
@@ -126,7 +128,7 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
     i, active = carry[0], carry[1]
     return (i < end) & (jnp.max(active.astype(jnp.int32)) > 0)
 
-  def composite_pair(_, carry):
+  def composite_pair(carry):
     (i, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last, median_index,
      stop_index) = carry
     ray, mean, opacity, normal = _load_geometry(geom_ref, jnp.minimum(i, end - 1))
@@ -158,8 +160,16 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
   not_stopped = jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION)
   init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), jnp.float32), zeros, zeros,
           zeros, zeros, zeros, zeros, zeros, zeros, no_position, no_position, not_stopped)
+  def composite_pairs(_, carry):
+    # `unroll` copies in straight-line code, so that a GPU compiler can start the next pairs'
+    # loads while this pair's math runs (the Triton lowering cannot unroll a loop itself).
+    for _ in range(config.unroll):
+      carry = composite_pair(carry)
+    return carry
+
   # The all-pixels-done test is a reduction over the tile: run it every few pairs only.
-  body = lambda carry: jax.lax.fori_loop(0, config.exit_check_every, composite_pair, carry)
+  body = lambda carry: jax.lax.fori_loop(0, config.exit_check_every // config.unroll,
+                                         composite_pairs, carry)
   (_, _, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last, median_index,
    stop_index) = jax.lax.while_loop(cond, body, init)
   color_ref[...] = color
@@ -350,14 +360,16 @@ _composite.defvjp(_composite_fwd, _composite_bwd)
 
 def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, width: int,
                     height: int, *, interpret=None, backend=None,
-                    exit_check_every=DEFAULT_EXIT_CHECK_EVERY) -> splat_math.CompositeState:
+                    exit_check_every=DEFAULT_EXIT_CHECK_EVERY,
+                    unroll=DEFAULT_UNROLL) -> splat_math.CompositeState:
   """Per-pixel running sums, (H, W) leading, of one image's binned splats; differentiable.
 
   Same contract as `tiled.composite_tiles`. Gradients reach ray_transforms, means2d,
   opacities, normals and features (depths and boxes only order and bin). `interpret` defaults
   to True on CPU; `backend` picks the lowering ("triton", "mosaic_gpu" or "mosaic_tpu",
   default `default_backend()`). The forward tests whether a whole tile is done every
-  `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair).
+  `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair), compositing
+  `unroll` pairs (a divisor of `exit_check_every`) per step of its inner loop.
   """
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
@@ -368,8 +380,11 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
   if exit_check_every < 1:
     raise ValueError(f"rasterizer/pallas_kernels.py: exit_check_every must be >= 1, got "
                      f"{exit_check_every}")
+  if unroll < 1 or exit_check_every % unroll:
+    raise ValueError(f"rasterizer/pallas_kernels.py: unroll must divide exit_check_every "
+                     f"({exit_check_every}), got {unroll}")
   config = KernelConfig(width=width, height=height, interpret=bool(interpret), backend=backend,
-                        exit_check_every=int(exit_check_every))
+                        exit_check_every=int(exit_check_every), unroll=int(unroll))
   if bins.tile_ranges.shape[0] != config.num_tiles:
     raise ValueError(f"rasterizer/pallas_kernels.py: bins have {bins.tile_ranges.shape[0]} "
                      f"tiles, a {width}x{height} image has {config.num_tiles}")

@@ -19,6 +19,8 @@ import test_rasterizer_oracle as oracle
 
 WIDTH, HEIGHT = 48, 40
 NUM_SPLATS = 48  # one size for every test: each new shape costs an interpret-mode compile
+# (exit_check_every, unroll) settings of the forward kernel, each checked against the reference.
+KERNEL_SETTINGS = ((1, 1), (16, 1), (16, 4))
 FLOAT_FIELDS = ("transmittance", "color", "depth_sum", "normal_sum", "median_depth", "m1", "m2",
                 "distortion")
 
@@ -50,18 +52,20 @@ def composite_both(splats):
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
   bins = binning.bin_splats(projected, WIDTH, HEIGHT)
   pallas = [pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True,
-                                           exit_check_every=every) for every in (1, 16)]
+                                           exit_check_every=every, unroll=unroll)
+            for every, unroll in KERNEL_SETTINGS]
   ref = reference.composite_reference(projected, WIDTH, HEIGHT)
   return projected, bins, pallas, ref
 
 
-@pytest.mark.parametrize("exit_check", [0, 1], ids=["exit_check_every_1", "exit_check_every_16"])
-def test_forward_matches_reference_except_at_discontinuities(exit_check, rng):
+@pytest.mark.parametrize("setting", range(len(KERNEL_SETTINGS)),
+                         ids=[f"exit_check_every_{e}_unroll_{u}" for e, u in KERNEL_SETTINGS])
+def test_forward_matches_reference_except_at_discontinuities(setting, rng):
   """Running sums and the stop / median / last positions (which the backward replays); any
   pixel that differs must sit on a threshold of the float64 official loop."""
   splats = random_splats(jax.random.PRNGKey(rng.integers(2**31)), NUM_SPLATS)
   projected, bins, pallas, ref = composite_both(splats)
-  pallas = pallas[exit_check]
+  pallas = pallas[setting]
   assert int(bins.pairs_dropped) == 0
   viewmat, K = camera()
   scene = {f: np.asarray(getattr(splats, f))
@@ -157,7 +161,7 @@ def test_over_capacity_matches_tiled_and_reports_drops(rng):
 def test_zero_opacity_scene_composites_nothing(rng):
   """(Scenes with no splats at all: test_rasterizer_reference.py, every impl.)"""
   splats = random_splats(jax.random.PRNGKey(rng.integers(2**31)), NUM_SPLATS)
-  _, bins, (pallas, _), _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)))
+  _, bins, (pallas, *_), _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)))
   assert int(bins.pairs_total) == 0
   np.testing.assert_array_equal(pallas.transmittance, 1.0)
   for name in FLOAT_FIELDS[1:]:
@@ -165,9 +169,10 @@ def test_zero_opacity_scene_composites_nothing(rng):
   np.testing.assert_array_equal(pallas.last_pos, splat_math.NO_POSITION)
 
 
+@pytest.mark.parametrize("unroll", [1, 4])
 @pytest.mark.parametrize("backend,platform,kernel_call", [
     ("triton", "cuda", "__gpu$xla.gpu.triton"), ("mosaic_tpu", "tpu", "tpu_custom_call")])
-def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_call):
+def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_call, unroll):
   """Both kernels lower to Triton (CUDA) and Mosaic TPU IR here, without the accelerator;
   compiling them needs one (bench/pallas_smoke.py compiles and runs them on a GPU)."""
   splats = random_splats(jax.random.PRNGKey(7), NUM_SPLATS)
@@ -177,7 +182,8 @@ def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_c
 
   def loss(transforms):
     state = pallas_kernels.composite_tiles(projected.replace(ray_transforms=transforms), bins,
-                                           WIDTH, HEIGHT, interpret=False, backend=backend)
+                                           WIDTH, HEIGHT, interpret=False, backend=backend,
+                                           unroll=unroll)
     return jnp.sum(state.color) + jnp.sum(state.distortion)
 
   lowered = jax.jit(jax.grad(loss)).trace(projected.ray_transforms).lower(
@@ -185,10 +191,14 @@ def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_c
   assert lowered.as_text().count(kernel_call) == 2  # forward and backward kernels
 
 
-def test_rejects_unknown_backend():
+@pytest.mark.parametrize("options,message", [
+    (dict(backend="cuda"), "backend 'cuda' is not one of"),
+    (dict(exit_check_every=16, unroll=3), "unroll must divide exit_check_every"),
+])
+def test_rejects_bad_settings(options, message):
   splats = random_splats(jax.random.PRNGKey(8), NUM_SPLATS)
   viewmat, K = camera()
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
   bins = binning.bin_splats(projected, WIDTH, HEIGHT)
-  with pytest.raises(ValueError, match="pallas_kernels.py: backend 'cuda'"):
-    pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, backend="cuda")
+  with pytest.raises(ValueError, match=f"pallas_kernels.py: {message}"):
+    pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, **options)
