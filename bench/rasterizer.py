@@ -167,7 +167,7 @@ def _print_table(records):
   print(header)
   print("-" * len(header))
   fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format(
-      "-", ">" + spec.split(".")[0])
+      "-", ">" + spec.rstrip("dfg%").split(".")[0])
   used = lambda r: r["pairs_needed"] / r["capacity"] if "pairs_needed" in r else None
   for r in records:
     print(f"{r['impl']:>10} {r['height']:>5} {r['n_splats']:>7} {fmt(r['fwd_ms'], '10.1f')} "
