@@ -123,6 +123,7 @@ def main():
     write_report(report, args.out)
 
   counts = [int(n) for n in args.splats.split(",")]
+  first_pallas = {}
   for size in (int(s) for s in args.sizes.split(",")):
     for num_splats in counts:
       splats = scenes.head_scene(num_splats, seed=1)
@@ -143,8 +144,13 @@ def main():
           record = dict(impl=name, height=size, width=size, n_splats=num_splats,
                         fwd_ms=time_call(render, splats, viewmats, repeats=args.repeats),
                         fwd_bwd_ms=time_call(grad, splats, viewmats, repeats=args.repeats),
-                        pairs_dropped=int(render(splats, viewmats).pairs_dropped[0]),
                         device=report["device"])
+          output = render(splats, viewmats)
+          record["pairs_dropped"] = int(output.pairs_dropped[0])
+          if impl == "pallas":  # every kernel setting must render what the first one does
+            first = first_pallas.setdefault((size, num_splats), output)
+            record["max_diff_vs_first_setting"] = max(
+                float(jnp.max(jnp.abs(getattr(output, f) - getattr(first, f)))) for f in FIELDS)
         except Exception as e:  # pylint: disable=broad-except
           record = dict(impl=name, height=size, width=size, n_splats=num_splats,
                         error=str(e)[-600:])

@@ -10,10 +10,9 @@ needs (`pairs_needed`, against `capacity`) and the longest tile list (`max_tile_
 runs one program per tile, so that tile's serial walk bounds the compositing time). Ratios are
 to `reference` measured in the same run, or taken from an earlier JSON with `--reference-json`
 (the dense reference takes ~7 min at 256^2/20k on 2 quiet CPU cores; reuse it only while its
-code is unchanged). Each
-implementation's failure is recorded in its JSON record instead of ending the run, and the JSON
-is rewritten after every record, so a run stopped by a time limit keeps what it measured. The
-load average is recorded. Plain jax only.
+code is unchanged). Each implementation's failure is recorded in its JSON record instead of
+ending the run, and the JSON is rewritten after every record, so a run stopped by a time limit
+keeps what it measured. The load average is recorded. Plain jax only.
 """
 import argparse
 import json

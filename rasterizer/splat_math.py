@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 from flax import struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rasterizer import types
 
@@ -103,7 +104,7 @@ class CompositeState:
 
 def initial_state(pixels, num_channels: int, dtype=jnp.float32) -> CompositeState:
   """The state before any splat: `pixels` is a count (P,) or an image shape (H, W)."""
-  shape = (pixels,) if isinstance(pixels, int) else tuple(pixels)
+  shape = (int(pixels),) if np.ndim(pixels) == 0 else tuple(pixels)
   zeros = jnp.zeros(shape, dtype)
   return CompositeState(
       transmittance=jnp.ones(shape, dtype),

@@ -4,6 +4,9 @@ XLA_FLAGS must be set before JAX initialises its backends, hence here and not in
 """
 import os
 
+import numpy as np
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -15,10 +18,6 @@ _CACHE_DIR = os.environ.get(
 )
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 SEED_ENV = "SHEAP_JAX_TEST_SEED"
 

@@ -159,8 +159,9 @@ def test_bins_list_each_tiles_splats_front_to_back_with_either_sort(rng):
 
 
 def test_bins_switch_to_the_two_key_sort_where_int32_keys_would_overflow(rng):
-  """65,536 tiles (4096^2 px) and 32,768 splats: tile * N + rank passes 2^31 on the last tile
-  rows and for the sentinel tile of unused slots, so bin_splats must choose the two-key sort."""
+  """65,536 tiles (4096^2 px) and 32,768 splats: the sentinel tile of unused slots,
+  65,536 * N, passes 2^31 - 1 (the last real tile's keys reach it exactly), so bin_splats
+  must choose the two-key sort; forced to one int32 key it lists wrong."""
   size, num_splats, num_visible, focal = 4096, 32768, 40, 2048.0
   tiles_x, tiles_y = binning.tile_grid(size, size)
   assert (tiles_x * tiles_y + 1) * num_splats > 2**31 - 1
@@ -173,10 +174,12 @@ def test_bins_switch_to_the_two_key_sort_where_int32_keys_would_overflow(rng):
   projected = _project(scene, np.eye(4), oracle.pinhole(size, size, focal), size, size)
   assert int(np.asarray(projected.visible).sum()) == num_visible
   want = _numpy_tile_lists(projected, size, size)
-  bins = jax.jit(binning.bin_splats, static_argnums=(1, 2))(projected, size, size)
-  ranges, ids = np.asarray(bins.tile_ranges), np.asarray(bins.splat_ids)
-  assert [list(ids[start:stop]) for start, stop in ranges] == want
+  bin_jit = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3, 4))
+  lists = lambda bins: [list(bins.splat_ids[start:stop]) for start, stop in bins.tile_ranges]
+  bins = jax.tree.map(np.asarray, bin_jit(projected, size, size, None, None))
+  assert lists(bins) == want
   assert int(bins.pairs_total) == sum(len(l) for l in want) and int(bins.pairs_dropped) == 0
+  assert lists(jax.tree.map(np.asarray, bin_jit(projected, size, size, None, False))) != want
 
 
 def test_capacity_cut_drops_the_farthest_pairs_and_counts_them(rng):

@@ -58,21 +58,30 @@ def composite_both(splats):
   return projected, bins, pallas, ref
 
 
+def _scene_that_stops_early(rng):
+  """random_splats on fresh keys until the float64 official loop stops a pixel early (it does
+  for about 97.5% of keys; median crossings come with it), and that loop's threshold margins."""
+  viewmat, K = camera()
+  for _ in range(20):
+    splats = random_splats(jax.random.PRNGKey(rng.integers(2**31)), NUM_SPLATS)
+    scene = {f: np.asarray(getattr(splats, f))
+             for f in ("means", "quats", "scales", "opacities", "features")}
+    want, margin = oracle.render(**scene, viewmat=np.asarray(viewmat), K=np.asarray(K),
+                                 width=WIDTH, height=HEIGHT, background=np.zeros(3))
+    if want["stopped"].any():
+      return splats, margin
+  raise AssertionError("no scene with an early stop in 20 draws")
+
+
 @pytest.mark.parametrize("setting", range(len(KERNEL_SETTINGS)),
                          ids=[f"exit_check_every_{e}_unroll_{u}" for e, u in KERNEL_SETTINGS])
 def test_forward_matches_reference_except_at_discontinuities(setting, rng):
   """Running sums and the stop / median / last positions (which the backward replays); any
   pixel that differs must sit on a threshold of the float64 official loop."""
-  splats = random_splats(jax.random.PRNGKey(rng.integers(2**31)), NUM_SPLATS)
+  splats, margin = _scene_that_stops_early(rng)
   projected, bins, pallas, ref = composite_both(splats)
   pallas = pallas[setting]
   assert int(bins.pairs_dropped) == 0
-  viewmat, K = camera()
-  scene = {f: np.asarray(getattr(splats, f))
-           for f in ("means", "quats", "scales", "opacities", "features")}
-  want, margin = oracle.render(**scene, viewmat=np.asarray(viewmat), K=np.asarray(K),
-                               width=WIDTH, height=HEIGHT, background=np.zeros(3))
-  assert want["stopped"].any()  # the scene exercises early stops (hence median crossings)
   on_threshold = margin < 1e-4
 
   mismatch = np.zeros((HEIGHT, WIDTH), bool)
