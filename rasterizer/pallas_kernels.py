@@ -160,6 +160,7 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
   not_stopped = jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION)
   init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), jnp.float32), zeros, zeros,
           zeros, zeros, zeros, zeros, zeros, zeros, no_position, no_position, not_stopped)
+
   def composite_pairs(step, carry):
     # `unroll` copies in straight-line code, so that a GPU compiler can start the next pairs'
     # loads while this pair's math runs (the Triton lowering cannot unroll a loop itself).
