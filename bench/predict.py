@@ -98,19 +98,21 @@ def main(argv=None):
   print(f"{'model':>22} {'batch':>6} {'dtype':>9} {'frames/s':>10} {'median ms':>10} "
         f"{'compile s':>9}  device")
   records = []
+
+  def keep(model_records):  # written after every model: a run cut short keeps what it timed
+    records.extend(model_records)
+    if args.out:
+      json_out.write_json(args.out, records)
+
   if args.checkpoint:
     model = checkpoint_predictor.load(args.checkpoint)
     name = f"{model.config.model.size} ({os.path.basename(os.path.abspath(args.checkpoint))})"
-    records += time_batches(model, name, batches, args.repeats)
+    keep(time_batches(model, name, batches, args.repeats))
   else:
     flame_model = objective.load_flame_model(base.get_config())
     for size in args.sizes.split(","):
-      records += time_batches(fresh_model(size, args.dtype, flame_model), size, batches,
-                              args.repeats)
-      if args.out:
-        json_out.write_json(args.out, records)
+      keep(time_batches(fresh_model(size, args.dtype, flame_model), size, batches, args.repeats))
   if args.out:
-    json_out.write_json(args.out, records)
     print(f"wrote {args.out}")
 
 

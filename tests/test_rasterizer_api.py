@@ -16,12 +16,17 @@ def _splats(rng, num_splats, batch=()):
                               for k, v in scene.items()})
 
 
+def _two_cameras():
+  """(viewmats (2, 4, 4), Ks (2, 3, 3)): the identity and a camera moved 0.1 along x."""
+  viewmats = jnp.stack([jnp.eye(4), jnp.eye(4).at[0, 3].set(0.1)])
+  return viewmats, jnp.asarray(np.stack([oracle.pinhole(WIDTH, HEIGHT, 20.0)] * 2))
+
+
 @pytest.mark.parametrize("impl", ["reference", "tiled", "pallas"])
 def test_batched_rasterize_equals_one_image_at_a_time(impl, rng):
   shared = _splats(rng, 12)
   per_image = _splats(rng, 12, batch=(2,))
-  viewmats = jnp.stack([jnp.eye(4), jnp.eye(4).at[0, 3].set(0.1)])
-  Ks = jnp.asarray(np.stack([oracle.pinhole(WIDTH, HEIGHT, 20.0)] * 2))
+  viewmats, Ks = _two_cameras()
   background = jnp.asarray(rng.uniform(0, 1, (2, 3)), jnp.float32)
   render = jax.jit(rasterizer.rasterize, static_argnums=(3, 4), static_argnames="impl")
   one = jax.jit(rasterizer.rasterize_image, static_argnums=(3, 4), static_argnames="impl")
@@ -38,8 +43,7 @@ def test_batched_rasterize_equals_one_image_at_a_time(impl, rng):
 def test_a_background_of_shape_c_is_shared_by_every_image(rng):
   """(Broadcasting happens before any impl runs: the reference stands for all.)"""
   splats = _splats(rng, 12)
-  viewmats = jnp.stack([jnp.eye(4), jnp.eye(4).at[0, 3].set(0.1)])
-  Ks = jnp.asarray(np.stack([oracle.pinhole(WIDTH, HEIGHT, 20.0)] * 2))
+  viewmats, Ks = _two_cameras()
   background = jnp.asarray(rng.uniform(0, 1, 3), jnp.float32)
   render = jax.jit(rasterizer.rasterize, static_argnums=(3, 4), static_argnames="impl")
   shared = render(splats, viewmats, Ks, WIDTH, HEIGHT, background, impl="reference")
