@@ -53,17 +53,19 @@ def _assert_tokens_match(config, params, torch_forward):
 
 # ---------------------------------------------------------------- Hugging Face
 
-def _hf_model(tmp_path, with_registers, seed):
+def _hf_model(tmp_path, with_registers, seed, **sizes):
+  """A random HF model saved as model.safetensors + config.json; `sizes` override the config."""
   transformers = pytest.importorskip("transformers")
   common = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56,
                 patch_size=14, layerscale_value=1e-5)
+  common.update(sizes)
   if with_registers:
     config = transformers.Dinov2WithRegistersConfig(**common, use_swiglu_ffn=True)
     model = transformers.Dinov2WithRegistersModel(config)
   else:
     model = transformers.Dinov2Model(transformers.Dinov2Config(**common))
   model = _randomise_torch(model, seed)
-  folder = tmp_path / ("hf_reg" if with_registers else "hf")
+  folder = tmp_path / f"hf{'_reg' if with_registers else ''}_{common['hidden_size']}"
   model.save_pretrained(folder)
   return model, folder
 
@@ -85,7 +87,8 @@ def test_hf_safetensors_conversion_matches_transformers(tmp_path, with_registers
 def test_hf_safetensors_file_alone_and_image_gradients(tmp_path):
   """The bare .safetensors (no config.json: heads given explicitly) and d tokens / d pixels."""
   model, folder = _hf_model(tmp_path, with_registers=True, seed=2)
-  config, params = convert_dinov2.convert(str(folder / "model.safetensors"), num_heads=4)
+  config, params = convert_dinov2.convert(str(folder / "model.safetensors"), num_heads=4,
+                                          layer_norm_eps=1e-6)
   weights = np.random.default_rng(3).normal(size=(1, 1 + 4 + 9 * 13, 64)).astype(np.float32)
   images = _images((126, 182), seed=4)
 
@@ -105,7 +108,49 @@ def test_hf_safetensors_file_alone_and_image_gradients(tmp_path):
   assert np.abs(grad - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
+def test_non_official_width_without_config_needs_heads_and_eps(tmp_path, capsys):
+  """Heads and LayerNorm epsilon are not in the weights: a 96-wide model trained with 3 heads and
+  eps 1e-5 is refused without config.json unless both are given, and then matches transformers."""
+  model, folder = _hf_model(tmp_path, with_registers=False, seed=8, hidden_size=96,
+                            num_hidden_layers=1, num_attention_heads=3, layer_norm_eps=1e-5)
+  config, params = convert_dinov2.convert(str(folder))  # config.json gives both
+  assert (config["num_heads"], config["layer_norm_eps"]) == (3, 1e-5)
+  _assert_tokens_match(config, params, lambda x: model(pixel_values=x).last_hidden_state)
+
+  bare = str(folder / "model.safetensors")
+  (folder / "config.json").unlink()
+  with pytest.raises(convert_dinov2.CheckpointError,
+                     match=r"model.safetensors: width 96 is not an official DINOv2 width.*"
+                     r"pass --num-heads and --layer-norm-eps"):
+    convert_dinov2.convert(bare)
+  with pytest.raises(convert_dinov2.CheckpointError, match=r"pass --layer-norm-eps \("):
+    convert_dinov2.convert(bare, num_heads=3)
+  with pytest.raises(SystemExit):
+    dinov2.main(["convert", bare, str(tmp_path / "refused.msgpack")])
+  assert "pass --num-heads and --layer-norm-eps" in capsys.readouterr().err
+
+  out = tmp_path / "dinov2_96.msgpack"
+  dinov2.main(["convert", bare, str(out), "--num-heads", "3", "--layer-norm-eps", "1e-5"])
+  config, params = dinov2.load(str(out))
+  assert (config["num_heads"], config["layer_norm_eps"]) == (3, 1e-5)
+  _assert_tokens_match(config, params, lambda x: model(pixel_values=x).last_hidden_state)
+
+
+def test_official_width_without_config_converts_as_the_official_model(tmp_path):
+  """A ViT-S-wide (384) file alone gets the official 6 heads and eps 1e-6 with no flags."""
+  model, folder = _hf_model(tmp_path, with_registers=False, seed=9, hidden_size=384,
+                            num_hidden_layers=1, num_attention_heads=6)
+  (folder / "config.json").unlink()
+  config, params = convert_dinov2.convert(str(folder / "model.safetensors"))
+  assert (config["num_heads"], config["layer_norm_eps"]) == (6, 1e-6)
+  _assert_tokens_match(config, params, lambda x: model(pixel_values=x).last_hidden_state)
+  assert {w: h for w, _, h, _ in dinov2.VARIANTS.values()} == {384: 6, 768: 12, 1024: 16,
+                                                                1536: 24}
+
+
 # ---------------------------------------------------------------- timm / official layout
+
+TIMM_SIZES = dict(num_heads=2, layer_norm_eps=1e-6)  # the 128-wide test models are not official
 
 def _timm_model(name, seed, **kwargs):
   timm = pytest.importorskip("timm")
@@ -147,7 +192,7 @@ def test_official_pth_conversion_matches_timm(tmp_path, case):
   official = _timm_to_official_state(model, chunked)
   path = tmp_path / "dinov2_official.pth"
   torch.save(official, path)
-  config, params = convert_dinov2.convert(str(path))
+  config, params = convert_dinov2.convert(str(path), **TIMM_SIZES)
   registers = case == "reg4"
   assert (config["width"], config["depth"], config["num_heads"]) == (128, 2, 2)
   assert config["num_registers"] == (4 if registers else 0)
@@ -165,7 +210,7 @@ def test_official_pth_conversion_matches_timm(tmp_path, case):
 
   # timm's own state dict (timm layout) converts to the same parameters.
   torch.save(model.state_dict(), tmp_path / "timm.pth")
-  timm_config, timm_params = convert_dinov2.convert(str(tmp_path / "timm.pth"))
+  timm_config, timm_params = convert_dinov2.convert(str(tmp_path / "timm.pth"), **TIMM_SIZES)
   assert (timm_config["pos_interp_offset"], timm_config["pos_interp_antialias"]) == \
       TIMM_INTERPOLATION
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7),
@@ -258,13 +303,13 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, monkeypatch, capsys):
   torch.save(state, broken)
   missing = r"missing keys \['blocks.1.attn.proj.weight'\]"
   with pytest.raises(convert_dinov2.CheckpointError, match=missing):
-    convert_dinov2.convert(str(broken))
+    convert_dinov2.convert(str(broken), **TIMM_SIZES)
   state["blocks.1.attn.proj.weight"] = torch.zeros(128, 128)
 
   state["head.weight"] = torch.zeros(10, 128)
   torch.save(state, broken)
   with pytest.warns(UserWarning, match=r"ignoring 1 checkpoint entries .*'head.weight'"):
-    convert_dinov2.convert(str(broken))
+    convert_dinov2.convert(str(broken), **TIMM_SIZES)
 
   monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
   with pytest.raises(ImportError, match="broken.pth: reading PyTorch checkpoints .* needs torch"):

@@ -12,9 +12,10 @@ Three layouts are understood, recognised from the keys:
   `layernorm.*`, separate query/key/value), optionally with a `config.json`.
 Every layout is first renamed to the official one, then mapped to Flax by one function.
 
-The variant (width, depth, heads, registers, feed-forward kind and size, qkv bias, LayerScale) is
-inferred from the weights; heads come from the HF config when there is one, else from DINOv2's
-head size of 64. The position-embedding interpolation defaults to what the source's own code does:
+The variant (width, depth, registers, feed-forward kind and size, qkv bias, LayerScale) is
+inferred from the weights. Heads and the LayerNorm epsilon are not in the weights: they come from
+the caller, else from the HF config.json, else from the official model of that width (6/12/16/24
+heads, eps 1e-6); any other width without them is refused rather than guessed. The position-embedding interpolation defaults to what the source's own code does:
 official without registers: interpolate_offset 0.1, no antialiasing; official with registers, timm
 and HF Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers 5.24): exact size,
 not antialiased. `mask_token` (used only for masked pretraining) is dropped.
@@ -28,8 +29,17 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-DINOV2_HEAD_DIM = 64
 DINOV2_PATCH_SIZE = 14
+DINOV2_LAYER_NORM_EPS = 1e-6
+
+# name -> (width, depth, heads, feed-forward kind), the official sizes.
+VARIANTS = {
+    "vits14": (384, 12, 6, "mlp"),
+    "vitb14": (768, 12, 12, "mlp"),
+    "vitl14": (1024, 24, 16, "mlp"),
+    "vitg14": (1536, 40, 24, "swiglu"),
+}
+OFFICIAL_HEADS = {width: heads for width, _, heads, _ in VARIANTS.values()}
 
 # (pos_interp_offset, pos_interp_antialias) per source.
 INTERPOLATION = {
@@ -205,7 +215,28 @@ def _norm(tensors, prefix):
   return {"scale": tensors[f"{prefix}.weight"], "bias": tensors[f"{prefix}.bias"]}
 
 
-def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> Dict[str, Any]:
+def _heads_and_eps(width: int, num_heads: Optional[int], layer_norm_eps: Optional[float],
+                   source: str) -> Tuple[int, float]:
+  """Attention heads and LayerNorm epsilon: as given, else the official model's of that width.
+
+  Neither is visible in the weights, and a wrong value converts without error but computes other
+  features, so a width that is not an official one needs both given explicitly.
+  """
+  if width in OFFICIAL_HEADS:
+    return (num_heads or OFFICIAL_HEADS[width],
+            DINOV2_LAYER_NORM_EPS if layer_norm_eps is None else layer_norm_eps)
+  given = {"--num-heads": num_heads, "--layer-norm-eps": layer_norm_eps}
+  missing = [flag for flag, value in given.items() if value is None]
+  if missing:
+    raise CheckpointError(
+        f"{source}: width {width} is not an official DINOv2 width ({sorted(OFFICIAL_HEADS)}) and "
+        "no config.json gives its attention heads and LayerNorm epsilon; pass "
+        f"{' and '.join(missing)} (convert(num_heads=..., layer_norm_eps=...))")
+  return num_heads, layer_norm_eps
+
+
+def infer_config(tensors: Checkpoint, num_heads: Optional[int], layer_norm_eps: Optional[float],
+                 source: str) -> Dict[str, Any]:
   """VisionTransformer keyword arguments of an official-layout checkpoint."""
   _require(tensors, ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
                      "norm.weight", "norm.bias"], source)
@@ -223,7 +254,7 @@ def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> 
     side = math.isqrt(num_pos)
     if side * side != num_pos:
       raise CheckpointError(f"{source}: pos_embed has {num_pos} positions, not a square grid")
-  heads = num_heads or width // DINOV2_HEAD_DIM
+  heads, eps = _heads_and_eps(int(width), num_heads, layer_norm_eps, source)
   if width % heads:
     raise CheckpointError(f"{source}: width {width} is not divisible by {heads} heads")
   return dict(
@@ -236,7 +267,7 @@ def infer_config(tensors: Checkpoint, num_heads: Optional[int], source: str) -> 
       num_registers=int(tensors["register_tokens"].shape[1]) if "register_tokens" in tensors else 0,
       class_token=True,
       layerscale_init=1e-5 if "blocks.0.ls1.gamma" in tensors else None,
-      layer_norm_eps=1e-6,
+      layer_norm_eps=float(eps),
       qkv_bias="blocks.0.attn.qkv.bias" in tensors,
       pos_embed_grid=(side, side),
   )
@@ -302,8 +333,13 @@ def to_flax(tensors: Checkpoint, config: Dict[str, Any], source: str) -> Dict[st
   return params
 
 
-def convert(path: str, num_heads: Optional[int] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-  """(VisionTransformer config, params) from a DINOv2 checkpoint in any supported layout."""
+def convert(path: str, num_heads: Optional[int] = None, layer_norm_eps: Optional[float] = None
+            ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(VisionTransformer config, params) from a DINOv2 checkpoint in any supported layout.
+
+  `num_heads` and `layer_norm_eps` override config.json; without either source, only the
+  official widths convert (see `_heads_and_eps`).
+  """
   tensors, hf_config = read_checkpoint(path)
   layout = detect_layout(tensors)
   if layout == "unknown":
@@ -312,16 +348,17 @@ def convert(path: str, num_heads: Optional[int] = None) -> Tuple[Dict[str, Any],
   if layout == "hf":
     tensors = _hf_to_official(tensors, path)
     hf_config = hf_config or {}
-    num_heads = num_heads or hf_config.get("num_attention_heads")
-  tensors = _unchunk_blocks(tensors)
-  if layout == "timm":
-    tensors = _timm_to_official(tensors)
-  config = infer_config(tensors, num_heads, path)
-  if layout == "hf":
     if hf_config.get("hidden_act", "gelu") != "gelu":
       raise CheckpointError(f"{path}: hidden_act {hf_config['hidden_act']!r} is not supported "
                             "(DINOv2 uses exact GELU)")
-    config["layer_norm_eps"] = float(hf_config.get("layer_norm_eps", 1e-6))
+    num_heads = num_heads or hf_config.get("num_attention_heads")
+    if layer_norm_eps is None:
+      layer_norm_eps = hf_config.get("layer_norm_eps")
+  tensors = _unchunk_blocks(tensors)
+  if layout == "timm":
+    tensors = _timm_to_official(tensors)
+  config = infer_config(tensors, num_heads, layer_norm_eps, path)
+  if layout == "hf":
     source = "hf_dinov2_registers" if config["num_registers"] else "hf_dinov2"
   elif layout == "official":
     source = "official_registers" if config["num_registers"] else "official"

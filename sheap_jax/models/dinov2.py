@@ -24,13 +24,7 @@ FORMAT = "sheap_jax.dinov2/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# name -> (width, depth, heads, feed-forward kind), the official sizes.
-VARIANTS = {
-    "vits14": (384, 12, 6, "mlp"),
-    "vitb14": (768, 12, 12, "mlp"),
-    "vitl14": (1024, 24, 16, "mlp"),
-    "vitg14": (1536, 40, 24, "swiglu"),
-}
+VARIANTS = convert_dinov2.VARIANTS  # name -> (width, depth, heads, feed-forward kind)
 
 
 def dinov2_config(variant: str = "vits14", registers: bool = False) -> Dict[str, Any]:
@@ -43,7 +37,7 @@ def dinov2_config(variant: str = "vits14", registers: bool = False) -> Dict[str,
   return dict(patch_size=convert_dinov2.DINOV2_PATCH_SIZE, width=width, depth=depth,
               num_heads=heads, mlp_dim=vit.ffn_hidden_dim(width, 4.0, ffn), ffn=ffn,
               num_registers=4 if registers else 0, class_token=True, layerscale_init=1e-5,
-              layer_norm_eps=1e-6, qkv_bias=True, pos_embed_grid=(37, 37),
+              layer_norm_eps=convert_dinov2.DINOV2_LAYER_NORM_EPS, qkv_bias=True, pos_embed_grid=(37, 37),
               pos_interp_offset=offset, pos_interp_antialias=antialias)
 
 
@@ -129,7 +123,11 @@ def main(argv=None):
   conv.add_argument("input", help=".pth/.pt/.bin state dict, .safetensors file or HF model folder")
   conv.add_argument("output", help="output .msgpack file")
   conv.add_argument("--num-heads", type=int, default=None,
-                    help="attention heads (default: HF config, else width / 64 as in DINOv2)")
+                    help="attention heads (default: config.json, else the official model of that "
+                    "width; required for other widths)")
+  conv.add_argument("--layer-norm-eps", type=float, default=None,
+                    help="LayerNorm epsilon (default: config.json, else 1e-6 for official widths; "
+                    "required for other widths)")
   conv.add_argument("--pos-interp-offset", type=float, default=None,
                     help="override the position-embedding interpolate_offset "
                     "(default: the source's)")
@@ -137,7 +135,7 @@ def main(argv=None):
                     help="override antialiased position-embedding resampling")
   args = parser.parse_args(argv)
   try:
-    config, params = convert_dinov2.convert(args.input, args.num_heads)
+    config, params = convert_dinov2.convert(args.input, args.num_heads, args.layer_norm_eps)
   except (convert_dinov2.CheckpointError, FileNotFoundError, ImportError) as e:
     parser.exit(1, f"error: {e}\n")
   if args.pos_interp_offset is not None:
