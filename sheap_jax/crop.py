@@ -1,14 +1,17 @@
-"""Face boxes and SHeaP-style square head crops, shared by the data builders and prediction.
+"""Face boxes and SHeaP-style head crops, shared by the data builders and prediction.
 
 A box is (x0, y0, x1, y1) in continuous pixel coordinates: pixel (column i, row j) is centred at
 (i, j) and an image covers [-0.5, W - 0.5] x [-0.5, H - 0.5] (rasterizer/types.py). A crop of
 `size` pixels maps the box onto the crop image's [-0.5, size - 0.5] square, so a point x goes to
 (x - x0) * size / (x1 - x0) - 0.5 (`points_to_crop`).
 
-SHeaP's public inference crops (DESIGN.md 4.2):
-- video: a box around the 68 landmarks, enlarged by `margin` times its size, moved up by
-  `shift_up` times its height, squared, smoothed over frames, resized to 224 (`video_box`,
-  `smooth_boxes`);
+SHeaP's public inference crops (DESIGN.md 4.2), in the release's units:
+- video (`video_box`, `smooth_boxes`): coordinates are normalised by the image's (width,
+  height); from the landmark box's centre c and h0, half its larger side in those units, the box
+  is x = c.x +- h0 (1 + margin) / (width / height), y = c.y - shift_up h0 +- h0 (1 + margin),
+  clamped to the image (not squared again), cut on whole pixels, and smoothed over frames on
+  those integer corners; a landmark box with h0 <= 0.02 gives the whole image, no face the
+  centre square (`centre_square_box`);
 - NoW: the benchmark's `detected_face` box enlarged symmetrically by 80%, padded to a square,
   resized to 224 (`now_box`).
 Without landmarks, `detect_faces` finds frontal faces with scikit-image's LBP cascade, which
@@ -21,8 +24,11 @@ import numpy as np
 from PIL import Image
 
 CROP_SIZE = 224
-VIDEO_MARGIN = 0.75  # SHeaP enlarges by 0.6-0.9 of the landmark box; the middle by default
-VIDEO_SHIFT_UP = 0.35  # ... and moves it up by 0.2-0.5 of the box height
+# The release's video demo: half side h0 (1 + VIDEO_MARGIN), moved up by VIDEO_SHIFT_UP h0, where
+# h0 is half the landmark box's larger side in coordinates normalised by (width, height).
+VIDEO_MARGIN = 0.9
+VIDEO_SHIFT_UP = 0.5
+VIDEO_MIN_HALF_SIDE = 0.02  # h0 at or below this: the landmarks are unusable, take the whole image
 VIDEO_SMOOTHING = 0.3  # weight of the new frame's box in the exponential moving average
 NOW_ENLARGE = 0.8  # NoW's detected_face box grows by 80%, half on each side
 # The LBP cascade's square box vs the box of the 68 true landmarks on the same face (medians
@@ -33,16 +39,25 @@ DETECTION_TO_LANDMARKS_SHIFT = 0.267
 DETECTION_TO_LANDMARKS_SIZE = (1.146, 1.189)
 
 
-def _as_boxes(boxes, name: str) -> np.ndarray:
+def _as_boxes(boxes, name: str, allow_flat: bool = False) -> np.ndarray:
+  """Boxes as float64 (..., 4), checked; `allow_flat` accepts zero width or height (a landmark
+  box of points on one line), never a negative one."""
   boxes = np.asarray(boxes, np.float64)
   if boxes.shape[-1:] != (4,):
     raise ValueError(f"sheap_jax/crop.py: {name} must end in 4 values (x0, y0, x1, y1), got "
                      f"shape {boxes.shape}")
   if not np.all(np.isfinite(boxes)):
     raise ValueError(f"sheap_jax/crop.py: {name} has non-finite values")
-  if np.any(boxes[..., 2] <= boxes[..., 0]) or np.any(boxes[..., 3] <= boxes[..., 1]):
+  width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
+  empty = (width < 0) | (height < 0) if allow_flat else (width <= 0) | (height <= 0)
+  if np.any(empty):
     raise ValueError(f"sheap_jax/crop.py: {name} has an empty box (x1 <= x0 or y1 <= y0)")
   return boxes
+
+
+def _edges_to_box(edges) -> np.ndarray:
+  """Integer pixel corners (pixels x0..x1-1, y0..y1-1, as an array slice takes them) -> box."""
+  return np.asarray(edges, np.float64) - 0.5
 
 
 def landmarks_box(landmarks, valid=None) -> np.ndarray:
@@ -58,22 +73,49 @@ def landmarks_box(landmarks, valid=None) -> np.ndarray:
   return np.concatenate([points.min(0), points.max(0)])
 
 
-def square_box(box, scale: float = 1.0, shift_up: float = 0.0) -> np.ndarray:
-  """The square with side scale * max(width, height), centred on the box's centre moved up by
-  shift_up * height (image rows grow downwards, so "up" lowers y)."""
+def square_box(box) -> np.ndarray:
+  """The square about the box's centre whose side is the box's larger side (padding)."""
   box = _as_boxes(box, "box")
-  width, height = box[..., 2] - box[..., 0], box[..., 3] - box[..., 1]
-  cx = 0.5 * (box[..., 0] + box[..., 2])
-  cy = 0.5 * (box[..., 1] + box[..., 3]) - shift_up * height
-  half = 0.5 * scale * np.maximum(width, height)
+  cx, cy = 0.5 * (box[..., 0] + box[..., 2]), 0.5 * (box[..., 1] + box[..., 3])
+  half = 0.5 * np.maximum(box[..., 2] - box[..., 0], box[..., 3] - box[..., 1])
   return np.stack([cx - half, cy - half, cx + half, cy + half], axis=-1)
 
 
-def video_box(landmarks, valid=None, margin: float = VIDEO_MARGIN,
+def video_box(landmark_box, width: int, height: int, margin: float = VIDEO_MARGIN,
               shift_up: float = VIDEO_SHIFT_UP) -> np.ndarray:
-  """SHeaP's video crop box from one frame's landmarks: the landmark box enlarged to
-  (1 + margin) times its size, moved up by shift_up times its height, squared."""
-  return square_box(landmarks_box(landmarks, valid), 1.0 + margin, shift_up)
+  """SHeaP's video crop box (..., 4) of a face whose landmark box (..., 4) is given, in a
+  width x height image.
+
+  The release's rule in its own units: normalised coordinates u = (x + 0.5) / width,
+  v = (y + 0.5) / height (0 and 1 are the image's outer edges); h0 = half the landmark box's
+  larger side in those units; the box is u = c.u +- h0 (1 + margin) / (width / height),
+  v = c.v - shift_up h0 +- h0 (1 + margin) about the landmark box's centre c: a square in
+  pixels until it is clamped to the image, which it is without squaring again. The corners are
+  then truncated to whole pixels, so the box is an array slice. h0 <= VIDEO_MIN_HALF_SIDE gives
+  the whole image, and so does a box that clamping leaves empty (face entirely outside the
+  image), where the release would fail.
+  """
+  box = _as_boxes(landmark_box, "landmark_box", allow_flat=True)
+  size = np.array([width, height, width, height], np.float64)
+  norm = (box + 0.5) / size
+  cu, cv = 0.5 * (norm[..., 0] + norm[..., 2]), 0.5 * (norm[..., 1] + norm[..., 3])
+  h0 = 0.5 * np.maximum(norm[..., 2] - norm[..., 0], norm[..., 3] - norm[..., 1])
+  shift, h1 = shift_up * h0, h0 * (1.0 + margin)
+  half_u = h1 / (width / height)
+  norm = np.stack([cu - half_u, cv - shift - h1, cu + half_u, cv - shift + h1], axis=-1)
+  whole = np.array([0.0, 0.0, 1.0, 1.0])
+  norm = np.clip(np.where((h0 > VIDEO_MIN_HALF_SIDE)[..., None], norm, whole), 0.0, 1.0)
+  edges = np.trunc(norm * size)
+  empty = (edges[..., 2] <= edges[..., 0]) | (edges[..., 3] <= edges[..., 1])
+  return _edges_to_box(np.where(empty[..., None], whole * size, edges))
+
+
+def centre_square_box(width: int, height: int) -> np.ndarray:
+  """The release's crop when no face is found: the centred square of side min(width, height),
+  on whole pixels (the odd pixel left over goes to the far side)."""
+  side = min(width, height)
+  x0, y0 = (width - side) // 2, (height - side) // 2
+  return _edges_to_box([x0, y0, x0 + side, y0 + side])
 
 
 def landmark_box_from_detection(detection) -> np.ndarray:
@@ -97,17 +139,22 @@ def now_box(detected_box, enlarge: float = NOW_ENLARGE) -> np.ndarray:
 
 
 def smooth_boxes(boxes, smoothing: float = VIDEO_SMOOTHING) -> np.ndarray:
-  """Exponential moving average of per-frame boxes (T, 4): b_0 = box_0 and
-  b_t = smoothing * box_t + (1 - smoothing) * b_{t-1}, which steadies a jittery detector."""
+  """The release's moving average of per-frame boxes (T, 4) on whole pixels (as `video_box`
+  gives): with integer corners c_t, b_0 = c_0 and b_t = trunc(smoothing c_t + (1 - smoothing)
+  b_{t-1}), which steadies a jittery detector and keeps every box an array slice."""
   boxes = _as_boxes(boxes, "boxes")
   if boxes.ndim != 2:
     raise ValueError(f"sheap_jax/crop.py: boxes must be (T, 4), got {boxes.shape}")
   if not 0.0 < smoothing <= 1.0:
     raise ValueError(f"sheap_jax/crop.py: smoothing must be in (0, 1], got {smoothing}")
-  smoothed = boxes.copy()
-  for t in range(1, len(boxes)):
-    smoothed[t] = smoothing * boxes[t] + (1.0 - smoothing) * smoothed[t - 1]
-  return smoothed
+  edges = boxes + 0.5
+  if np.any(edges != np.round(edges)):
+    raise ValueError("sheap_jax/crop.py: boxes must lie on whole pixels (corners at integer "
+                     "- 0.5, as video_box gives)")
+  smoothed = edges.copy()
+  for t in range(1, len(edges)):
+    smoothed[t] = np.trunc(smoothing * edges[t] + (1.0 - smoothing) * smoothed[t - 1])
+  return _edges_to_box(smoothed)
 
 
 def points_to_crop(points, box, size: int = CROP_SIZE) -> np.ndarray:

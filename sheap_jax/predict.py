@@ -108,14 +108,14 @@ def face_box(frame: np.ndarray, landmarks: Optional[np.ndarray] = None) -> Optio
   """SHeaP's video crop box (4,) of a frame: from its 68 landmarks when at least half are
   finite, else from the largest detected face (its landmark box estimated by
   `crop.landmark_box_from_detection`); None when there is no face."""
+  height, width = frame.shape[:2]
   if landmarks is not None:
     valid = np.all(np.isfinite(landmarks), axis=1)
     if valid.sum() >= len(valid) // 2:
       try:
-        return crop.video_box(landmarks, valid)
+        return crop.video_box(crop.landmarks_box(landmarks, valid), width, height)
       except ValueError as error:
         raise SkipInput(f"unusable landmarks ({error})") from None
-  height, width = frame.shape[:2]
   shrink = min(1.0, DETECT_MAX_SIDE / max(height, width))
   small = frame
   if shrink < 1:
@@ -126,8 +126,7 @@ def face_box(frame: np.ndarray, landmarks: Optional[np.ndarray] = None) -> Optio
     return None
   scale = np.array([small.shape[1] / width, small.shape[0] / height] * 2)
   detection = (detections[0] + 0.5) / scale - 0.5  # pixel edges scale with the resize
-  return crop.square_box(crop.landmark_box_from_detection(detection),
-                         1.0 + crop.VIDEO_MARGIN, crop.VIDEO_SHIFT_UP)
+  return crop.video_box(crop.landmark_box_from_detection(detection), width, height)
 
 
 def fill_and_smooth(boxes: List[Optional[np.ndarray]]) -> np.ndarray:
@@ -331,7 +330,9 @@ class Runner:
              for t, frame in enumerate(reader.read_frames(source))]
     if not boxes:
       raise SkipInput("the video has no frames")
-    boxes = fill_and_smooth(boxes)
+    # Whole frames are one box per video: nothing to fill or smooth (and, padded to a square,
+    # not necessarily on whole pixels as the moving average needs).
+    boxes = np.stack(boxes) if self.args.whole_image else fill_and_smooth(boxes)
     self.progress.total += len(boxes)
     self.progress.refresh()
     with av.open(path) as container:

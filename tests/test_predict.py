@@ -196,8 +196,8 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   in_crop, _ = camera.project_points(
       camera.Camera(K=cam.K[0], viewmat=cam.viewmat[0], width=CROP, height=CROP),
       expected.landmarks[0])
-  side = (box[2] - box[0]) / CROP
-  np.testing.assert_allclose(params["landmarks68"], (np.asarray(in_crop) + 0.5) * side + box[:2],
+  scale = (box[2:] - box[:2]) / CROP  # per axis: a box clamped to the frame is not square
+  np.testing.assert_allclose(params["landmarks68"], (np.asarray(in_crop) + 0.5) * scale + box[:2],
                              atol=1e-3)
 
 
@@ -265,9 +265,16 @@ def test_predict_landmark_files_set_the_crop(setup, tmp_path, capsys):
       "shaped (5, 2), expected (68, 2)"]
   assert sorted(os.listdir(tmp_path / "out" / "marked")) == [
       "mesh.obj", "mesh.ply", "overlay.png", "params.json", "params.npz"]
-  # SHeaP's rule by hand: side 1.75 max(w, h) about the landmark box's centre moved up 0.35 h.
-  (x0, y0), (x1, y1) = np.nanmin(points, 0), np.nanmax(points, 0)
-  half = 0.5 * 1.75 * max(x1 - x0, y1 - y0)
-  cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.35 * (y1 - y0)
+  # SHeaP's release rule by hand (DESIGN.md 4.2): normalised by the frame's size, h0 = half the
+  # landmark box's larger side; x c.x +- 1.9 h0 / (W / H), y c.y - 0.5 h0 +- 1.9 h0; clamped to
+  # the frame; corners truncated to whole pixels.
+  (u0, v0), (u1, v1) = (np.nanmin(points, 0) + 0.5) / (FRAME_W, FRAME_H), (
+      np.nanmax(points, 0) + 0.5) / (FRAME_W, FRAME_H)
+  h0 = max(u1 - u0, v1 - v0) / 2
+  cu, cv = (u0 + u1) / 2, (v0 + v1) / 2 - 0.5 * h0
+  box = np.clip([cu - 1.9 * h0 * FRAME_H / FRAME_W, cv - 1.9 * h0,
+                 cu + 1.9 * h0 * FRAME_H / FRAME_W, cv + 1.9 * h0], 0, 1)
+  edges = [int(box[0] * FRAME_W), int(box[1] * FRAME_H), int(box[2] * FRAME_W),
+           int(box[3] * FRAME_H)]
   np.testing.assert_allclose(np.load(tmp_path / "out" / "marked" / "params.npz")["crop_box"],
-                             [cx - half, cy - half, cx + half, cy + half], atol=1e-4)
+                             np.array(edges) - 0.5, atol=1e-4)

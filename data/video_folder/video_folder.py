@@ -5,7 +5,7 @@ the optional landmark files). Each usable video becomes consecutive records, one
 the same training features and record layout as `synthetic_heads` (data/synthetic_heads/
 features.py), so the pair pipeline reads both. Crops follow SHeaP's video rule
 (`sheap_jax.crop`): a box from the frame's 68 landmarks when given, otherwise from the
-scikit-image face detector, enlarged, moved up, squared and smoothed over frames.
+scikit-image face detector, enlarged, moved up, clamped to the frame and smoothed over frames.
 
 A video that cannot be decoded, has fewer than `min_frames` frames, or shows no face is skipped:
 the build log names it with the reason, and `info.metadata["skipped"]` keeps the list.
@@ -145,10 +145,10 @@ def _plan_crops(source: reader.Source, config: VideoFolderConfig):
 def _frame_box(frame: np.ndarray, points: Optional[np.ndarray], config: VideoFolderConfig):
   """SHeaP's video box for one frame, or None when neither landmarks nor the detector find a
   face."""
-  if points is not None and np.isfinite(points).all(axis=1).sum() >= MIN_VALID_LANDMARKS:
-    return crop.video_box(points, np.isfinite(points).all(axis=1), config.margin,
-                          config.shift_up)
   height, width = frame.shape[:2]
+  if points is not None and np.isfinite(points).all(axis=1).sum() >= MIN_VALID_LANDMARKS:
+    return crop.video_box(crop.landmarks_box(points, np.isfinite(points).all(axis=1)), width,
+                          height, config.margin, config.shift_up)
   shrink = min(1.0, config.detect_max_side / max(height, width))
   size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
   small = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR)) if shrink < 1 else frame
@@ -158,5 +158,5 @@ def _frame_box(frame: np.ndarray, points: Optional[np.ndarray], config: VideoFol
   # Back to the frame's pixels: pixel edges (x + 0.5) scale by the resize factor.
   scale = np.array([size[0] / width, size[1] / height] * 2) if shrink < 1 else np.ones(4)
   detection = (detections[0] + 0.5) / scale - 0.5
-  return crop.square_box(crop.landmark_box_from_detection(detection), 1.0 + config.margin,
-                         config.shift_up)
+  return crop.video_box(crop.landmark_box_from_detection(detection), width, height,
+                        config.margin, config.shift_up)
