@@ -15,10 +15,11 @@ Every layout is first renamed to the official one, then mapped to Flax by one fu
 The variant (width, depth, registers, feed-forward kind and size, qkv bias, LayerScale) is
 inferred from the weights. Heads and the LayerNorm epsilon are not in the weights: they come from
 the caller, else from the HF config.json, else from the official model of that width (6/12/16/24
-heads, eps 1e-6); any other width without them is refused rather than guessed. The position-embedding interpolation defaults to what the source's own code does:
-official without registers: interpolate_offset 0.1, no antialiasing; official with registers, timm
-and HF Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers 5.24): exact size,
-not antialiased. `mask_token` (used only for masked pretraining) is dropped.
+heads, eps 1e-6); any other width without them is refused rather than guessed. The
+position-embedding interpolation defaults to what the source's own code does: official without
+registers: interpolate_offset 0.1, no antialiasing; official with registers, timm and HF
+Dinov2WithRegisters: exact size, antialiased; HF Dinov2 (transformers 5.24): exact size, not
+antialiased. `mask_token` (used only for masked pretraining) is dropped.
 """
 import json
 import math

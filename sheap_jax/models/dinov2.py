@@ -37,8 +37,8 @@ def dinov2_config(variant: str = "vits14", registers: bool = False) -> Dict[str,
   return dict(patch_size=convert_dinov2.DINOV2_PATCH_SIZE, width=width, depth=depth,
               num_heads=heads, mlp_dim=vit.ffn_hidden_dim(width, 4.0, ffn), ffn=ffn,
               num_registers=4 if registers else 0, class_token=True, layerscale_init=1e-5,
-              layer_norm_eps=convert_dinov2.DINOV2_LAYER_NORM_EPS, qkv_bias=True, pos_embed_grid=(37, 37),
-              pos_interp_offset=offset, pos_interp_antialias=antialias)
+              layer_norm_eps=convert_dinov2.DINOV2_LAYER_NORM_EPS, qkv_bias=True,
+              pos_embed_grid=(37, 37), pos_interp_offset=offset, pos_interp_antialias=antialias)
 
 
 def build(config: Dict[str, Any], dtype: Any = jnp.float32) -> vit.VisionTransformer:
