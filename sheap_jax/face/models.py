@@ -33,6 +33,12 @@ def check_frame(image, name: str = "image") -> np.ndarray:
   return image
 
 
+def inside_frame(points: np.ndarray, frame_shape) -> np.ndarray:
+  """(N,) bool: which (N, 2) points lie on the frame (pixel centres at integers)."""
+  height, width = frame_shape[:2]
+  return np.all((points >= -0.5) & (points <= [width - 0.5, height - 0.5]), axis=1)
+
+
 class _TFLiteModel:
   """One interpreter: float32 input in, outputs as numpy arrays in the order asked for."""
 
@@ -68,10 +74,9 @@ class FaceLandmarks:
 
   @classmethod
   def from_mesh(cls, result: mesh_model.MeshResult, frame_shape, detection=None) -> "FaceLandmarks":
-    height, width = frame_shape[:2]
     points = result.ibug68()
-    inside = np.all((points >= -0.5) & (points <= [width - 0.5, height - 0.5]), axis=1)
-    return cls(points, inside & result.present, result.score, result, detection)
+    return cls(points, inside_frame(points, frame_shape) & result.present, result.score, result,
+               detection)
 
   @property
   def present(self) -> bool:
@@ -121,13 +126,23 @@ class FaceModels:
     previous MeshResult's `next_roi()`)."""
     return mesh_model.run(self._mesh, check_frame(image), roi)
 
+  def confirmed_face(self, image: np.ndarray, faces: Sequence[detector.Detection]):
+    """(detection, mesh) of the first of `faces` whose mesh confirms a face (presence score),
+    or None: the landmark model rejects the detector's rare false boxes."""
+    for face in faces:
+      result = self.mesh(image, face.roi())
+      if result.present:
+        return face, result
+    return None
+
   def landmarks(self, image: np.ndarray) -> Optional[FaceLandmarks]:
-    """The largest detected face's landmarks, or None when no face is detected."""
-    faces = self.detect(image)
-    if not faces:
+    """The largest face's landmarks, or None when no face is found."""
+    faces = sorted(self.detect(image), key=lambda d: -d.area)
+    found = self.confirmed_face(image, faces)
+    if found is None:
       return None
-    face = max(faces, key=lambda d: d.area)
-    return FaceLandmarks.from_mesh(self.mesh(image, face.roi()), image.shape, face)
+    face, result = found
+    return FaceLandmarks.from_mesh(result, image.shape, face)
 
   def landmarks68(self, image: np.ndarray):
     """(points (68, 2) float32 frame pixels, face score, valid (68,) bool) of the largest face;
@@ -141,3 +156,8 @@ class FaceModels:
   def matte(self, image: np.ndarray) -> np.ndarray:
     """(H, W) float32 person probability: backdrop 0, the whole person (hair, torso) 1."""
     return matte_model.run(self._matte, check_frame(image))
+
+  def track(self, frames, **options):
+    """Landmarks of one face through a video's frames: tracker.track(self, frames, ...)."""
+    from sheap_jax.face import tracker  # tracker builds on this module
+    return tracker.track(self, frames, **options)
