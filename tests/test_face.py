@@ -121,8 +121,9 @@ def test_tracking_skips_corrupt_and_faceless_frames(models, astronaut):
   frames[2] = frames[2].astype(np.float32)
   frames[3] = frames[3][..., 0]
   frames[4] = np.full_like(frames[0], 128)
-  with pytest.warns(UserWarning, match="frame 1: no image"):
+  with pytest.warns(UserWarning) as warned:
     result = models.track(frames)
+  assert [str(w.message).split(":")[1] for w in warned] == [" frame 1", " frame 2", " frame 3"]
   assert [index for index, _ in result.skipped] == [1, 2, 3, 4]
   reasons = dict(result.skipped)
   assert "uint8" in reasons[2] and "(H, W, 3)" in reasons[3] and "no face" in reasons[4]
@@ -139,3 +140,10 @@ def test_matte_keeps_the_person_and_drops_the_backdrop(models, astronaut):
   assert alpha[45:70, 190:250].mean() > 0.9  # hair is foreground
   assert alpha[:60, :60].mean() < 0.1 and alpha[:60, -100:].mean() < 0.1
 
+
+
+def test_draw_command_writes_the_three_panels(models, tmp_path):
+  from sheap_jax.face import __main__ as cli
+  out = tmp_path / "face.png"
+  assert cli.main(["draw", "--out", str(out)]) == 0
+  assert Image.open(out).size == (3 * 256, 256)
