@@ -10,10 +10,11 @@ from PIL import Image
 
 
 def clip_affines(count: int, frame_size, photo_size, zoom=(0.8, 1.2), degrees=15.0,
-                 shift=0.15) -> np.ndarray:
-  """(count, 2, 3) affines: the photo's centre swings sideways by `shift` of the frame width
-  and back, turns from -`degrees` to +`degrees` and zooms from zoom[0] to zoom[1] times the
-  scale at which the photo's height fills the frame's."""
+                 shift=0.15, anchor=None) -> np.ndarray:
+  """(count, 2, 3) affines: the photo's point `anchor` (default its centre) starts at the
+  frame's centre, swings sideways by `shift` of the frame width and back; the photo turns from
+  -`degrees` to +`degrees` about it and zooms from zoom[0] to zoom[1] times the scale at which
+  the photo's height fills the frame's."""
   width, height = frame_size
   photo_width, photo_height = photo_size
   base = height / photo_height
@@ -25,7 +26,9 @@ def clip_affines(count: int, frame_size, photo_size, zoom=(0.8, 1.2), degrees=15
                                  [math.sin(angle), math.cos(angle)]])
     centre = np.array([(width - 1) / 2 + shift * width * math.sin(2 * math.pi * t),
                        (height - 1) / 2])
-    offset = centre - rotation @ [(photo_width - 1) / 2, (photo_height - 1) / 2]
+    if anchor is None:
+      anchor = [(photo_width - 1) / 2, (photo_height - 1) / 2]
+    offset = centre - rotation @ anchor
     affines.append(np.concatenate([rotation, offset[:, None]], axis=1))
   return np.array(affines)
 

@@ -89,14 +89,12 @@ def warp(image: np.ndarray, rect: RotatedRect, size: int, replicate_border: bool
   x0, y0 = math.floor(x0) - 1, math.floor(y0) - 1  # one pixel of margin for bilinear taps
   x1 = x0 + factor * math.ceil((math.ceil(x1) + 2 - x0) / factor)
   y1 = y0 + factor * math.ceil((math.ceil(y1) + 2 - y0) / factor)
+  region = image[max(y0, 0):y1, max(x0, 0):x1]
   if replicate_border:
-    cols = np.clip(np.arange(x0, x1), 0, width - 1)
-    rows = np.clip(np.arange(y0, y1), 0, height - 1)
-    inside = rows[0] == y0 and rows[-1] == y1 - 1 and cols[0] == x0 and cols[-1] == x1 - 1
-    region = image[y0:y1, x0:x1] if inside else image[rows][:, cols]
-  else:  # PIL fills what lies outside the region with black
-    x0, y0 = max(x0, 0), max(y0, 0)
-    region = image[y0:y1, x0:x1]  # the last box of `reduce` may be cut short by the edge
+    region = np.pad(region, ((max(-y0, 0), max(y1 - height, 0)),
+                             (max(-x0, 0), max(x1 - width, 0)), (0, 0)), mode="edge")
+  else:  # PIL fills what lies outside the region with black; the last box of `reduce` may be
+    x0, y0 = max(x0, 0), max(y0, 0)  # cut short by the frame's edge
   picture = Image.fromarray(np.ascontiguousarray(region))
   if factor > 1:
     picture = picture.reduce(factor)
