@@ -3,8 +3,9 @@
     python bench/face.py [--frames 120] [--threads 1,2] [--out bench/results/face_cpu.json]
 
 The frames are the astronaut moving, turning and zooming in a 1920 x 1080 frame
-(sheap_jax/face/demo_clip.py; the face 320-400 px wide, as in a talking-head video). Each frame is rendered before its
-clock starts (decode excluded); the clock covers everything the face calls do with it:
+(sheap_jax/face/demo_clip.py; the face 320-400 px wide, as in a talking-head video). Each frame
+is rendered before its clock starts (decode excluded); the clock covers everything the face
+calls do with it:
 letterbox and crop resizing, the TFLite models (`--threads` interpreter threads), decoding,
 projection back to the frame, the tracker's bookkeeping and smoothing. Landmarks are timed
 twice: `detect_every_frame` (BlazeFace + mesh on every frame) and `tracking` (the mesh on the

@@ -147,3 +147,9 @@ def test_draw_command_writes_the_three_panels(models, tmp_path):
   out = tmp_path / "face.png"
   assert cli.main(["draw", "--out", str(out)]) == 0
   assert Image.open(out).size == (3 * 256, 256)
+
+
+def test_fetch_command_with_the_models_cached(models, capsys):
+  from sheap_jax.face import __main__ as cli
+  assert cli.main(["fetch"]) == 0
+  assert "SHA-256 checked" in capsys.readouterr().out

@@ -43,7 +43,12 @@ class _TFLiteModel:
   """One interpreter: float32 input in, outputs as numpy arrays in the order asked for."""
 
   def __init__(self, path: str, num_threads: int, output_last_dims: Sequence[int]):
-    from ai_edge_litert.interpreter import Interpreter  # an optional dependency's import
+    try:
+      from ai_edge_litert.interpreter import Interpreter
+    except ImportError as error:
+      raise weights.FaceModelsUnavailable(
+          f"the TFLite runtime is missing ({error}): pip install 'ai-edge-litert>=2.3.0'"
+      ) from error
     self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
     self._interpreter.allocate_tensors()
     self._input = self._interpreter.get_input_details()[0]["index"]
