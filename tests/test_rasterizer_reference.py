@@ -33,10 +33,12 @@ def mismatched_pixels(got, want, atol):
   return bad
 
 
-@pytest.mark.parametrize("impl", ["reference", "tiled"])
-def test_matches_official_loop_on_random_scenes(impl, rng):
+@pytest.mark.parametrize("impl,options", [("reference", dict(pixels_per_chunk=97)),
+                                          ("tiled", dict(chunk_size=8)), ("pallas", {})])
+def test_matches_official_loop_on_random_scenes(impl, options, rng):
   """In float64, so that only threshold decisions (never rounding) can differ: in float32 the
-  ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned."""
+  ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned. Pallas runs
+  its kernels in float64 here (interpret mode), as the dtype check and the tolerance need."""
   width, height = 40, 33
   K = oracle.pinhole(width, height, 45.0).astype(np.float64)
   background = np.array([0.2, 0.4, 0.6])
@@ -44,9 +46,9 @@ def test_matches_official_loop_on_random_scenes(impl, rng):
   with jax.enable_x64(True):
     splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
     out = render_jit(splats, jnp.eye(4, dtype=jnp.float64)[None], jnp.asarray(K)[None], width,
-                     height, jnp.asarray(background), impl=impl,
-                     **(dict(pixels_per_chunk=97) if impl == "reference" else dict(chunk_size=8)))
+                     height, jnp.asarray(background), impl=impl, **options)
     got = {name: np.asarray(getattr(out, name))[0] for name in OUTPUTS}
+  assert all(value.dtype == np.float64 for value in got.values())
   want, margin = oracle.render(**scene, viewmat=np.eye(4), K=K, width=width, height=height,
                                background=background)
   bad = mismatched_pixels(got, want, atol=1e-9)
