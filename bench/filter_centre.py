@@ -6,9 +6,10 @@ The rasterizer centres the 2DGS low-pass filter (rho2d = 2 |c - x|^2) on the pro
 splat's centre; the official code (hbb1/diff-surfel-rasterization at e0ed020, forward.cu
 `compute_aabb`) on the centre of the bounding box of the splat's 3-sigma ellipse, and culls a
 splat where that computation's d is 0. This script renders the same splats both ways with the
-tiled path (float32) and records, per scene, how far the centres move (pixels; split into
-splats seen face-on and obliquely) and how the colour, alpha and expected depth change: max
-and mean absolute difference over all pixels and the pixels that change by more than 1e-4 and
+tiled path (float32) and records, per scene, how far the centres move (pixels; also per
+range of tilt from face-on) and how the colour, alpha and expected depth change: max and mean
+absolute difference over all pixels (depth also where alpha >= 0.5, since expected depth
+= sum w z / alpha swings where alpha is tiny) and the pixels that change by more than 1e-4 and
 1e-2. Scenes: `bench/scenes.py` heads, and the renders the `cpu` training config draws at its
 first step (untrained networks on random images, as bench/train.py times them). See
 docs/rasterizer.md.
@@ -31,8 +32,8 @@ from rasterizer import tiled  # noqa: E402
 
 OFFICIAL_CUTOFF = 3.0  # TIGHTBBOX is 0 in the official auxiliary.h
 OUTPUTS = ("color", "alpha", "depth")
-OBLIQUE_COS = 0.5  # |cos| of the angle between the normal and the view ray below which a splat
-# counts as seen obliquely (more than 60 degrees from face-on)
+TILT_BINS_DEG = (0, 30, 60, 90)  # offsets reported per range of the angle between the splat's
+# normal and the ray to its centre (0 = face-on, 90 = edge-on)
 
 
 def official_filter_centres(transforms):
@@ -86,9 +87,11 @@ def summarise(today, theirs, offsets, cos, visible, dropped, culled):
   """One record of differences (numpy scalars turned into floats/ints for JSON)."""
   offsets, cos, visible = (np.asarray(a) for a in (offsets, cos, visible))
   record = dict(pairs_dropped=int(np.sum(dropped)), culled_by_official_rule=int(np.sum(culled)))
-  oblique = visible & (cos < OBLIQUE_COS)
-  facing = visible & ~oblique
-  for name, mask in (("all", visible), ("facing", facing), ("oblique", oblique)):
+  tilt = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))
+  masks = {"all": visible}
+  for lo, hi in zip(TILT_BINS_DEG[:-1], TILT_BINS_DEG[1:]):
+    masks[f"tilt_{lo}_{hi}"] = visible & (tilt >= lo) & (tilt <= hi if hi == 90 else tilt < hi)
+  for name, mask in masks.items():
     values = offsets[mask]
     record[f"offset_px_{name}"] = dict(
         splats=int(mask.sum()), max=float(values.max(initial=0.0)),
@@ -100,6 +103,10 @@ def summarise(today, theirs, offsets, cos, visible, dropped, culled):
     per_pixel = diff.reshape(diff.shape[:3] + (-1,)).max(-1)  # (B, H, W)
     changed = per_pixel if changed is None else np.maximum(changed, per_pixel)
     record[name] = dict(max_abs=float(diff.max()), mean_abs=float(diff.mean()))
+  opaque = (np.asarray(today["alpha"]) >= 0.5) & (np.asarray(theirs["alpha"]) >= 0.5)
+  depth_diff = np.abs(np.asarray(theirs["depth"], np.float64) - np.asarray(today["depth"]))
+  record["depth_where_alpha_over_half"] = dict(max_abs=float(depth_diff[opaque].max(initial=0)),
+                                              mean_abs=float(depth_diff[opaque].mean()))
   covered = np.asarray(today["alpha"]) > 0
   record.update(pixels=int(changed.size), covered_pixels=int(covered.sum()),
                 pixels_changed={f"{t:g}": int((changed > t).sum()) for t in (1e-4, 1e-2)})
