@@ -41,9 +41,10 @@ def pairs_needed(projected: types.ProjectedSplats) -> jnp.ndarray:
 
 def depth_order(projected: types.ProjectedSplats) -> jnp.ndarray:
   """Splat indices front to back, invisible splats last (a stable sort, so ties keep index
-  order in every path)."""
+  order in every path). The indices are sorted as int32 (argsort's are int64 under x64)."""
   keys = jnp.where(projected.visible, projected.depths, jnp.inf)
-  return jnp.argsort(keys, stable=True).astype(jnp.int32)
+  indices = jnp.arange(keys.shape[0], dtype=jnp.int32)
+  return jax.lax.sort((keys, indices), num_keys=1, is_stable=True)[1]
 
 
 def bin_splats(

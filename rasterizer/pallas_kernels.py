@@ -93,14 +93,18 @@ def _compiler_params(config: KernelConfig):
   return plgpu.CompilerParams()
 
 
-def _tile_pixels(tiles_x, width, height):
-  """Pixel-centre coordinates (256,) of this program's tile and which lie inside the image."""
+def _tile_pixels(tiles_x, width, height, dtype):
+  """Pixel-centre coordinates (256,) of this program's tile and which lie inside the image.
+
+  int32 throughout, also under jax_enable_x64 (where a Python int given to lax would be int64).
+  """
   tile = pl.program_id(0)
   lane = jax.lax.broadcasted_iota(jnp.int32, (PIXELS,), 0)
-  x = jax.lax.rem(tile, tiles_x) * TILE + jax.lax.rem(lane, TILE)
-  y = jax.lax.div(tile, tiles_x) * TILE + jax.lax.div(lane, TILE)
+  tiles_x, tile_size = jnp.int32(tiles_x), jnp.int32(TILE)
+  x = jax.lax.rem(tile, tiles_x) * tile_size + jax.lax.rem(lane, tile_size)
+  y = jax.lax.div(tile, tiles_x) * tile_size + jax.lax.div(lane, tile_size)
   inside = (x < width) & (y < height)
-  return x.astype(jnp.float32), y.astype(jnp.float32), inside
+  return x.astype(dtype), y.astype(dtype), inside
 
 
 def _load_geometry(geom_ref, i):
@@ -118,10 +122,11 @@ def _alpha_depth(ray, mean, opacity, x, y):
 
 
 def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_ref, *, config):
-  x, y, inside = _tile_pixels(config.tiles_x, config.width, config.height)
+  dtype = geom_ref.dtype
+  x, y, inside = _tile_pixels(config.tiles_x, config.width, config.height, dtype)
   tile = pl.program_id(0)
   start, end = ranges_ref[tile, 0], ranges_ref[tile, 1]
-  zeros = jnp.zeros((PIXELS,), jnp.float32)
+  zeros = jnp.zeros((PIXELS,), dtype)
   channels = color_ref.shape[0]
 
   def cond(carry):
@@ -158,7 +163,7 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
   no_position = jnp.full((PIXELS,), splat_math.NO_POSITION, jnp.int32)
   # Pixels outside the image are born stopped, as in the tiled path.
   not_stopped = jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION)
-  init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), jnp.float32), zeros, zeros,
+  init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), dtype), zeros, zeros,
           zeros, zeros, zeros, zeros, zeros, zeros, no_position, no_position, not_stopped)
 
   def composite_pairs(step, carry):
@@ -190,7 +195,7 @@ def _sum_rows(lane_values, rows):
   synchronisation), and a vector store, which suits every lowering (Mosaic TPU cannot store
   scalars to vector memory, Triton cannot stack). The block is built by row selects."""
   row = jax.lax.broadcasted_iota(jnp.int32, (rows, PIXELS), 0)
-  block = jnp.zeros((rows, PIXELS), jnp.float32)
+  block = jnp.zeros((rows, PIXELS), lane_values[0].dtype)
   for k, values in enumerate(lane_values):
     block = jnp.where(row == k, values[None, :], block)
   return jnp.sum(block, axis=1)
@@ -198,7 +203,8 @@ def _sum_rows(lane_values, rows):
 
 def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolor_ref, dpixel_ref,
                      grad_ref, dfeat_ref, *, config):
-  x, y, _ = _tile_pixels(config.tiles_x, config.width, config.height)
+  dtype = geom_ref.dtype
+  x, y, _ = _tile_pixels(config.tiles_x, config.width, config.height, dtype)
   tile = pl.program_id(0)
   start, end = ranges_ref[tile, 0], ranges_ref[tile, 1]
   last_index = index_ref[ROW_LAST, :]
@@ -216,8 +222,8 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
   last = jnp.maximum(jnp.max(last_index) + 1, start)
 
   def write_zeros(i, carry):
-    grad_ref[i, :] = jnp.zeros((GEOM_WIDTH,), jnp.float32)
-    dfeat_ref[i, :] = jnp.zeros(dfeat_ref.shape[1:], jnp.float32)
+    grad_ref[i, :] = jnp.zeros((GEOM_WIDTH,), dtype)
+    dfeat_ref[i, :] = jnp.zeros(dfeat_ref.shape[1:], dtype)
     return carry
 
   jax.lax.fori_loop(last, end, write_zeros, 0)
@@ -232,9 +238,9 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
 
     # Pair scalars as per-lane copies, so the vjp gives per-pixel cotangents, summed below in
     # one reduction together with the normal's.
-    lanes = lambda values: tuple(jnp.full((PIXELS,), v, jnp.float32) for v in values)
+    lanes = lambda values: tuple(jnp.full((PIXELS,), v, dtype) for v in values)
     (alpha, z), alpha_depth_vjp, valid = jax.vjp(
-        alpha_depth, lanes(ray), lanes(mean), jnp.full((PIXELS,), opacity, jnp.float32),
+        alpha_depth, lanes(ray), lanes(mean), jnp.full((PIXELS,), opacity, dtype),
         has_aux=True)
     take = valid & (i <= last_index)
     one_minus_alpha = jnp.where(take, 1.0 - alpha, 1.0)
@@ -283,8 +289,8 @@ def _forward_call(config, ranges, geom, features):
       grid=(nt,),
       in_specs=[_whole(ranges.shape), _whole(geom.shape), _whole(features.shape)],
       out_specs=[_per_tile(channels), _per_tile(PIXEL_ROWS), _per_tile(INDEX_ROWS)],
-      out_shape=[jax.ShapeDtypeStruct((nt, channels, PIXELS), jnp.float32),
-                 jax.ShapeDtypeStruct((nt, PIXEL_ROWS, PIXELS), jnp.float32),
+      out_shape=[jax.ShapeDtypeStruct((nt, channels, PIXELS), geom.dtype),
+                 jax.ShapeDtypeStruct((nt, PIXEL_ROWS, PIXELS), geom.dtype),
                  jax.ShapeDtypeStruct((nt, INDEX_ROWS, PIXELS), jnp.int32)],
       interpret=config.interpret,
       compiler_params=_compiler_params(config),
@@ -301,8 +307,8 @@ def _backward_call(config, ranges, geom, features, pixel, index, dcolor, dpixel)
                 _per_tile(PIXEL_ROWS), _per_tile(INDEX_ROWS), _per_tile(channels),
                 _per_tile(PIXEL_ROWS)],
       out_specs=[_whole((capacity, GEOM_WIDTH)), _whole((capacity, channels))],
-      out_shape=[jax.ShapeDtypeStruct((capacity, GEOM_WIDTH), jnp.float32),
-                 jax.ShapeDtypeStruct((capacity, channels), jnp.float32)],
+      out_shape=[jax.ShapeDtypeStruct((capacity, GEOM_WIDTH), geom.dtype),
+                 jax.ShapeDtypeStruct((capacity, channels), geom.dtype)],
       interpret=config.interpret,
       compiler_params=_compiler_params(config),
       name="rasterize_2dgs_backward",
@@ -317,15 +323,22 @@ def _tiles_to_image(tiles, config):
   return image.reshape(tiles_y * TILE, config.tiles_x * TILE, k)[:config.height, :config.width]
 
 
-def _pair_rows(projected: types.ProjectedSplats):
-  """Per-splat geometry rows (N, 16) and features padded to a power-of-two width."""
+def _pair_rows(projected: types.ProjectedSplats, dtype):
+  """Per-splat geometry rows (N, 16) and features padded to a power-of-two width, in dtype."""
   n = projected.means2d.shape[0]
   geom = jnp.concatenate([
       projected.ray_transforms.reshape(n, 9), projected.means2d, projected.opacities[:, None],
-      projected.normals, jnp.zeros((n, 1), jnp.float32)], axis=1)
+      projected.normals, jnp.zeros((n, 1), dtype)], axis=1)
   channels = projected.features.shape[1]
   features = jnp.pad(projected.features, ((0, 0), (0, pl.next_power_of_2(channels) - channels)))
-  return geom.astype(jnp.float32), features.astype(jnp.float32)
+  return geom.astype(dtype), features.astype(dtype)
+
+
+def _kernel_dtype(projected: types.ProjectedSplats):
+  """The float type the kernels compute in: the projected splats' common type (float64 only
+  where the inputs are float64, which needs jax_enable_x64)."""
+  return jnp.result_type(projected.ray_transforms, projected.means2d, projected.opacities,
+                         projected.normals, projected.features)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -371,7 +384,9 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
   to True on CPU; `backend` picks the lowering ("triton", "mosaic_gpu" or "mosaic_tpu",
   default `default_backend()`). The forward tests whether a whole tile is done every
   `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair), compositing
-  `unroll` pairs (a divisor of `exit_check_every`) per step of its inner loop.
+  `unroll` pairs (a divisor of `exit_check_every`) per step of its inner loop. The kernels
+  compute in the inputs' float type: float64 inputs (under jax_enable_x64) run in float64 in
+  interpret mode and on Triton, and are refused by the Mosaic backends (no float64 there).
   """
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
@@ -385,6 +400,10 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
   if unroll < 1 or exit_check_every % unroll:
     raise ValueError(f"rasterizer/pallas_kernels.py: unroll must divide exit_check_every "
                      f"({exit_check_every}), got {unroll}")
+  dtype = _kernel_dtype(projected)
+  if dtype == jnp.float64 and not interpret and backend != "triton":
+    raise ValueError(f"rasterizer/pallas_kernels.py: backend {backend!r} has no float64; "
+                     f"pass float32 splats and cameras, or use interpret mode or 'triton'")
   config = KernelConfig(width=width, height=height, interpret=bool(interpret), backend=backend,
                         exit_check_every=int(exit_check_every), unroll=int(unroll))
   if bins.tile_ranges.shape[0] != config.num_tiles:
@@ -393,10 +412,10 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
   num_splats, num_channels = projected.features.shape
   if num_splats == 0:  # nothing to gather from: every pixel keeps the initial state
     return splat_math.initial_state((height, width), num_channels, projected.features.dtype)
-  geom, features = _pair_rows(projected)
+  geom, features = _pair_rows(projected, dtype)
   color, pixel, index = _composite(config, geom, features, bins.tile_ranges.astype(jnp.int32),
                                    bins.splat_ids.astype(jnp.int32))
-  color = _tiles_to_image(color, config)[..., :num_channels].astype(projected.features.dtype)
+  color = _tiles_to_image(color, config)[..., :num_channels]
   pixel = _tiles_to_image(pixel, config)
   index = _tiles_to_image(index, config)
   return splat_math.CompositeState(

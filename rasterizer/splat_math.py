@@ -16,9 +16,10 @@ import numpy as np
 
 from rasterizer import types
 
-# Sentinel positions: no splat stopped the pixel / set its median / was composited yet.
-NO_STOP = jnp.iinfo(jnp.int32).max
-NO_POSITION = -1
+# Sentinel positions: no splat stopped the pixel / set its median / was composited yet. int32
+# scalars, not Python ints, so that positions stay int32 under jax_enable_x64.
+NO_STOP = np.int32(np.iinfo(np.int32).max)
+NO_POSITION = np.int32(-1)
 
 
 def splat_alpha_depth(

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixtures import jaxprs
 import rasterizer
 import test_rasterizer_oracle as oracle
 
@@ -38,6 +39,26 @@ def test_batched_rasterize_equals_one_image_at_a_time(impl, rng):
                    impl=impl)
       for name in ("color", "alpha", "depth", "median_depth", "normals", "distortion"):
         np.testing.assert_allclose(getattr(batched, name)[b], getattr(single, name), atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", rasterizer.IMPLEMENTATIONS)
+def test_float32_inputs_render_the_same_under_jax_enable_x64(impl, rng):
+  """x64 changes only the default types: float32 inputs keep float32 outputs and gradients
+  (float64 inputs: test_rasterizer_reference.py). Pallas once failed here (int64 tile index)."""
+  splats = _splats(rng, 12)
+  viewmats, Ks = _two_cameras()
+  background = jnp.asarray(rng.uniform(0, 1, 3), jnp.float32)
+
+  def render(splats):
+    out = rasterizer.rasterize(splats, viewmats, Ks, WIDTH, HEIGHT, background, impl=impl)
+    return jnp.sum(out.color) + jnp.sum(out.depth) + jnp.sum(out.distortion), out
+
+  plain = jax.jit(jax.grad(render, has_aux=True))(splats)
+  with jax.enable_x64(True):
+    wide = jax.jit(jax.grad(render, has_aux=True))(splats)
+  for got, want in zip(jax.tree.leaves(wide), jax.tree.leaves(plain)):
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_background_of_shape_c_is_shared_by_every_image(rng):
@@ -75,20 +96,6 @@ def test_bad_input_is_named(change, message):
   assert "rasterizer.rasterize" in str(error.value)
 
 
-def _dot_precisions(jaxpr):
-  """Precision of every dot_general in a jaxpr and, recursively, in its sub-jaxprs."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      found.append(eqn.params["precision"])
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (list, tuple)) else (value,):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          found += _dot_precisions(sub)
-  return found
-
-
 @pytest.mark.parametrize("impl", rasterizer.IMPLEMENTATIONS)
 def test_every_matmul_asks_for_full_float32(impl):
   # GPUs run float32 matmuls in TF32 (relative error 2^-11) unless told otherwise; that was the
@@ -102,7 +109,8 @@ def test_every_matmul_asks_for_full_float32(impl):
     return jnp.sum(out.color) + jnp.sum(out.normals) + jnp.sum(out.depth)
 
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(splats, jnp.eye(4)[None])
-  precisions = _dot_precisions(jaxpr.jaxpr)
+  precisions = [e.params["precision"] for e in jaxprs.equations(jaxpr.jaxpr)
+                if e.primitive.name == "dot_general"]
   assert precisions  # the walk reaches the matmuls (projection, colour and normal sums)
   highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
   assert all(p == highest for p in precisions), precisions

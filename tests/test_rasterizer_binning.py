@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fixtures import jaxprs
 import rasterizer
 from rasterizer import binning
 from rasterizer import types
@@ -156,6 +157,33 @@ def test_bins_list_each_tiles_splats_front_to_back_with_either_sort(rng):
     assert got == want, two_key_sort
     assert int(bins.pairs_total) == total and int(bins.pairs_dropped) == 0
   assert int(binning.pairs_needed(projected)) == total
+
+
+def test_bins_keep_int32_keys_under_jax_enable_x64(rng):
+  """x64 makes Python ints and sums int64 by default; 64-bit sorts are far slower on GPUs, so
+  every integer sort operand of the binning (keys, ranks, ids) must stay int32, with either
+  sort, on float64 splats; the lists stay right."""
+  width, height = 70, 50
+  scene = {k: v.astype(np.float64) for k, v in oracle.random_scene(rng, 60).items()}
+  K = oracle.pinhole(width, height, 45.0).astype(np.float64)
+  with jax.enable_x64(True):
+    splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
+    projected = jax.jit(rasterizer.project_splats, static_argnums=(3, 4))(
+        splats, jnp.eye(4), jnp.asarray(K), width, height)
+    assert projected.ray_transforms.dtype == jnp.float64
+    want = _numpy_tile_lists(projected, width, height)
+    for two_key_sort in (False, True):
+      bin_splats = lambda p: binning.bin_splats(p, width, height, None, two_key_sort)
+      sorts = [e for e in jaxprs.equations(jax.make_jaxpr(bin_splats)(projected).jaxpr)
+               if e.primitive.name == "sort"]
+      integer_operands = [v.aval.dtype for e in sorts for v in e.invars
+                          if jnp.issubdtype(v.aval.dtype, jnp.integer)]
+      assert sorts[-1].params["num_keys"] == (2 if two_key_sort else 1)  # the tile sort
+      assert integer_operands and all(d == jnp.int32 for d in integer_operands), integer_operands
+      bins = jax.jit(bin_splats)(projected)
+      assert all(a.dtype == jnp.int32 for a in jax.tree.leaves(bins))
+      ranges, ids = np.asarray(bins.tile_ranges), np.asarray(bins.splat_ids)
+      assert [list(ids[start:stop]) for start, stop in ranges] == want, two_key_sort
 
 
 def test_bins_switch_to_the_two_key_sort_where_int32_keys_would_overflow(rng):

@@ -43,14 +43,35 @@ def project(means, quats, scales, viewmat, K):
   return transforms, means2d, depths, normals, (depths > types.NEAR_PLANE) & (cos != 0)
 
 
-def render(means, quats, scales, opacities, features, viewmat, K, width, height, background):
+def official_filter_centres(transforms, cutoff=3.0):
+  """The official low-pass filter centres and which splats survive (`compute_aabb` in
+  hbb1/diff-surfel-rasterization forward.cu at e0ed020, cutoff 3 as TIGHTBBOX is 0): with
+  t = (c^2, c^2, -1), d = t . (T_w * T_w) (culled where d == 0), f = t / d, the centre is
+  (f . (T_u * T_w), f . (T_v * T_w)), the centre of the cut-off ellipse's bounding box."""
+  t = np.array([cutoff**2, cutoff**2, -1.0])
+  tu, tv, tw = transforms[:, 0], transforms[:, 1], transforms[:, 2]
+  d = (tw * tw) @ t
+  kept = d != 0
+  f = t / np.where(kept, d, 1.0)[:, None]
+  return np.stack([np.sum(f * tu * tw, 1), np.sum(f * tv * tw, 1)], 1), kept
+
+
+def render(means, quats, scales, opacities, features, viewmat, K, width, height, background,
+           filter_centre="projected"):
   """The official per-pixel loop for one image; returns (buffers dict, margin (H, W)).
 
   buffers also holds `stopped`, the pixels the early stop (T < 1e-4) ended, and `filtered`, the
   pixels a filter-dominated splat (2 |c - x|^2 < |s|^2) contributed to.
   margin: the smallest relative distance of any decision this pixel took to its threshold.
+  filter_centre: "projected" (the splat centre's projection, the rasterizer's rule) or
+  "official" (`official_filter_centres`, the official code's rule).
   """
   transforms, means2d, depths, normals, visible = project(means, quats, scales, viewmat, K)
+  if filter_centre == "official":
+    means2d, kept = official_filter_centres(transforms)
+    visible &= kept
+  elif filter_centre != "projected":
+    raise ValueError(f"filter_centre must be 'projected' or 'official', got {filter_centre!r}")
   opacities = np.asarray(opacities, np.float64)
   features = np.asarray(features, np.float64)
   visible &= opacities >= types.ALPHA_MIN
@@ -156,3 +177,24 @@ def test_face_on_splat_is_the_analytic_disc():
   np.testing.assert_allclose(buffers["color"][..., 1], 0.5 * alpha, atol=1e-12)
   np.testing.assert_allclose(buffers["depth"][alpha > 0], depth, atol=1e-12)
   np.testing.assert_allclose(buffers["normals"][..., 2], -alpha, atol=1e-12)
+
+
+def test_official_filter_centre_is_the_centre_of_the_3_sigma_ellipse_box(rng):
+  """The rim u^2 + v^2 = 9 mapped through M and divided by w, sampled finely: its bounding box's
+  centre is the official filter centre; it is the projected centre only for splats seen
+  face-on on the optical axis, and moves away for oblique ones."""
+  scene = random_scene(rng, 20, depth_range=(1.0, 2.0), extent=0.3, scale_range=(0.02, 0.1))
+  transforms, means2d, *_ = project(scene["means"], scene["quats"], scene["scales"], np.eye(4),
+                                    pinhole(64, 64, 80.0))
+  centres, kept = official_filter_centres(transforms)
+  angle = np.linspace(0, 2 * np.pi, 200001)
+  rim = np.stack([3 * np.cos(angle), 3 * np.sin(angle), np.ones_like(angle)])  # (3, A)
+  pixels = transforms @ rim  # (N, 3, A)
+  xy = pixels[:, :2] / pixels[:, 2:]
+  box_centres = (xy.max(-1) + xy.min(-1)) / 2
+  assert np.all(kept)
+  np.testing.assert_allclose(centres, box_centres, atol=1e-6)
+  assert np.abs(centres - means2d).max() > 1e-3
+  face_on, _ = official_filter_centres(
+      project([[0, 0, 2.0]], [[1.0, 0, 0, 0]], [[0.3, 0.2]], np.eye(4), pinhole(65, 65, 80.0))[0])
+  np.testing.assert_allclose(face_on, [[32.0, 32.0]], atol=1e-12)

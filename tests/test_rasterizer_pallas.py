@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixtures import jaxprs
 from rasterizer import binning
 from rasterizer import pallas_kernels
 from rasterizer import project
@@ -198,6 +199,35 @@ def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_c
   lowered = jax.jit(jax.grad(loss)).trace(projected.ray_transforms).lower(
       lowering_platforms=(platform,))
   assert lowered.as_text().count(kernel_call) == 2  # forward and backward kernels
+
+
+def test_float64_lowers_to_triton_in_float64_and_mosaic_refuses_it():
+  """Under jax_enable_x64 with float64 splats the kernels compute in float64: interpret mode
+  (test_rasterizer_reference.py checks its result at 1e-9) and Triton; the Mosaic backends
+  have no float64, and say so."""
+  with jax.enable_x64(True):
+    splats = jax.tree.map(lambda a: a.astype(jnp.float64),
+                          random_splats(jax.random.PRNGKey(7), NUM_SPLATS))
+    viewmat, K = (a.astype(jnp.float64) for a in camera())
+    projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
+    bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+
+    def loss(transforms, backend):
+      state = pallas_kernels.composite_tiles(projected.replace(ray_transforms=transforms), bins,
+                                             WIDTH, HEIGHT, interpret=False, backend=backend)
+      return jnp.sum(state.color) + jnp.sum(state.distortion)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss), static_argnums=1)(projected.ray_transforms, "triton")
+    kernels = [e for e in jaxprs.equations(jaxpr.jaxpr) if e.primitive.name == "pallas_call"]
+    assert len(kernels) == 2  # forward and backward
+    assert all(v.aval.dtype == jnp.float64 for e in kernels for v in e.outvars[:2])
+    lowered = jax.jit(jax.grad(loss), static_argnums=1).trace(
+        projected.ray_transforms, "triton").lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2
+    for backend in ("mosaic_tpu", "mosaic_gpu"):
+      with pytest.raises(ValueError, match=f"pallas_kernels.py: backend '{backend}' has no "
+                                           "float64"):
+        loss(projected.ray_transforms, backend)
 
 
 @pytest.mark.parametrize("options,message", [

@@ -1,6 +1,8 @@
 """The dense reference against the NumPy transcription of the official loop, closed forms,
 the official edge cases, and float64 finite differences."""
 import dataclasses
+import os
+import sys
 
 import jax
 import jax.flatten_util
@@ -33,10 +35,12 @@ def mismatched_pixels(got, want, atol):
   return bad
 
 
-@pytest.mark.parametrize("impl", ["reference", "tiled"])
-def test_matches_official_loop_on_random_scenes(impl, rng):
+@pytest.mark.parametrize("impl,options", [("reference", dict(pixels_per_chunk=97)),
+                                          ("tiled", dict(chunk_size=8)), ("pallas", {})])
+def test_matches_official_loop_on_random_scenes(impl, options, rng):
   """In float64, so that only threshold decisions (never rounding) can differ: in float32 the
-  ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned."""
+  ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned. Pallas runs
+  its kernels in float64 here (interpret mode), as the dtype check and the tolerance need."""
   width, height = 40, 33
   K = oracle.pinhole(width, height, 45.0).astype(np.float64)
   background = np.array([0.2, 0.4, 0.6])
@@ -44,14 +48,54 @@ def test_matches_official_loop_on_random_scenes(impl, rng):
   with jax.enable_x64(True):
     splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
     out = render_jit(splats, jnp.eye(4, dtype=jnp.float64)[None], jnp.asarray(K)[None], width,
-                     height, jnp.asarray(background), impl=impl,
-                     **(dict(pixels_per_chunk=97) if impl == "reference" else dict(chunk_size=8)))
+                     height, jnp.asarray(background), impl=impl, **options)
     got = {name: np.asarray(getattr(out, name))[0] for name in OUTPUTS}
+  assert all(value.dtype == np.float64 for value in got.values())
   want, margin = oracle.render(**scene, viewmat=np.eye(4), K=K, width=width, height=height,
                                background=background)
   bad = mismatched_pixels(got, want, atol=1e-9)
   assert bad.mean() <= 1e-3, bad.mean()
   assert np.all(margin[bad] < 1e-9), margin[bad]  # those sit exactly on a threshold
+
+
+def _filter_centre_renders(size, num_splats):
+  """bench/scenes.py's head, rendered by the rasterizer (reference, float64) and by the
+  official loop with either filter centre."""
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from bench import scenes  # pylint: disable=g-import-not-at-top
+  head = scenes.head_scene(num_splats)
+  scene = {f.name: np.asarray(getattr(head, f.name), np.float64)
+           for f in dataclasses.fields(head)}
+  _, K = scenes.camera(size, size)
+  K = np.asarray(K, np.float64)
+  with jax.enable_x64(True):
+    splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
+    out = render_jit(splats, jnp.eye(4, dtype=jnp.float64)[None], jnp.asarray(K)[None], size,
+                     size, jnp.zeros(3, jnp.float64), impl="reference")
+    got = {name: np.asarray(getattr(out, name))[0] for name in OUTPUTS}
+  args = dict(**scene, viewmat=np.eye(4), K=K, width=size, height=size, background=np.zeros(3))
+  return (got, *oracle.render(**args, filter_centre="projected"),
+          oracle.render(**args, filter_centre="official")[0])
+
+
+def test_filter_centre_is_the_projected_centre_and_the_official_rule_differs_as_measured():
+  """The low-pass filter is centred on the splat centre's projection; the official code centres
+  it on its 3-sigma ellipse's box (oracle.official_filter_centres). A fixed scene, on purpose:
+  the difference is pinned as measured (docs/rasterizer.md, bench/filter_centre.py), on the
+  64^2, 2,000-splat head, where the centres move by 0.019 px on average and 0.056 px at most."""
+  got, today, margin, official = _filter_centre_renders(64, 2000)
+  bad = mismatched_pixels(got, today, atol=1e-9)
+  assert np.all(margin[bad] < 1e-9), margin[bad]  # the rasterizer draws the projected rule
+  changed = np.zeros(got["alpha"].shape)
+  measured = dict(color=(1.1741e-2, 3.9357e-4), alpha=(8.6773e-3, 1.8529e-4),
+                  depth=(1.7324e-2, 1.0709e-4))
+  for name, (max_abs, mean_abs) in measured.items():
+    diff = np.abs(official[name] - today[name])
+    np.testing.assert_allclose([diff.max(), diff.mean()], [max_abs, mean_abs], rtol=1e-3,
+                               err_msg=name)
+    changed = np.maximum(changed, diff.reshape(changed.shape + (-1,)).max(-1))
+  assert (today["alpha"] > 0).sum() == 2225
+  assert abs((changed > 1e-4).sum() - 1671) <= 2 and (changed > 1e-2).sum() == 5
 
 
 def _single_splat_cases():
