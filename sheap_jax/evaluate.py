@@ -158,6 +158,11 @@ def measures(name, split):
   return "generalisation" if name == "now" else scoring.split_role(split)
 
 
+def split_text(name, split):
+  """The split as printed (NoW: its image list) and what its scores measure."""
+  return f"{SPLITS[split] if name == 'now' else split} ({measures(name, split)})"
+
+
 def write_outputs(name, results, comparisons, args):
   """<out>/<name>.json and <out>/<name>_cumulative.png; returns their paths."""
   os.makedirs(args.out, exist_ok=True)
@@ -193,11 +198,11 @@ def run_expression_probe(args, test_source):
   json_path = os.path.join(args.out, f"{benchmarks.PROBE}.json")
   with open(json_path, "w") as f:
     json.dump({"benchmark": benchmarks.PROBE, "train_split": "train", "split": args.split,
-               "measures": scoring.split_role(args.split),
+               "measures": measures(benchmarks.PROBE, args.split),
                "data": os.path.join(args.data_dir, "synthetic_heads", args.config),
                "confusion_plot": os.path.basename(plot_path), "predictors": results}, f, indent=2)
   print(f"wrote {json_path} and {plot_path}")
-  split = f"{args.split} ({scoring.split_role(args.split)})"
+  split = split_text(benchmarks.PROBE, args.split)
   return [(benchmarks.PROBE, split, name, result) for name, result in results.items()]
 
 
@@ -260,7 +265,7 @@ def main(argv=None):
     comparisons = compare_to_baseline(results)
     json_path, plot_path = write_outputs(name, results, comparisons, args)
     print(f"wrote {json_path} and {plot_path}")
-    split = f"{args.split if name != 'now' else SPLITS[args.split]} ({measures(name, args.split)})"
+    split = split_text(name, args.split)
     rows.extend((name, split, p, r.summary(), comparisons.get(p)) for p, r in results.items())
     recovery_rows.extend((name, split, p, r) for p, r in results.items() if r.recovery)
   if rows:
