@@ -245,7 +245,7 @@ def _fixed_width(header, lines, left):
   right-aligned."""
   widths = [max(len(r[i]) for r in [header] + lines) for i in range(len(header))]
   fmt = lambda r: "  ".join(c.ljust(w) if i < left else c.rjust(w)
-                            for i, (c, w) in enumerate(zip(r, widths)))
+                            for i, (c, w) in enumerate(zip(r, widths))).rstrip()
   return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
 
 
