@@ -55,7 +55,6 @@ class PooledMedian:
     order = np.argsort(pooled, kind="stable")
     self.sorted_values = pooled[order]
     self.sorted_labels = labels[order]
-    self.num_clusters = len(values)
 
   def __call__(self, counts: np.ndarray) -> np.ndarray:
     """(R, n) cluster counts -> (R,) pooled medians."""

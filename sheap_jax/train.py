@@ -246,8 +246,9 @@ def validation_set(config, dataset, flame_model) -> Tuple[np.ndarray, np.ndarray
   """(images at the predictor's size, GT neutral meshes, identities): the first frame of each
   identity of `config.data.eval_split`, at most `config.eval_images` (`benchmarks`)."""
   from data import pairs  # pylint: disable=import-outside-toplevel
-  return benchmarks.validation_set(flame_model, pairs.open_split(dataset, config.data.eval_split),
-                                   config.model.image_size, config.eval_images)
+  source = pairs.open_split(dataset, config.data.eval_split)
+  return benchmarks.validation_set(flame_model, source, config.model.image_size,
+                                   config.eval_images)
 
 
 def score_validation(flame_model, meshes, validation) -> benchmarks.BenchmarkResult:
@@ -276,9 +277,9 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   By default the data come from `config.data` (pairs for training, held-out identities for
   validation). Callers may pass `data_iterator` (process-local batches (local_devices,
   per_device_batch, ...) with get_state()/set_state()) and `validation` ((images, gt neutral
-  meshes[, identities]), or None to skip validation) instead. `flame_model` overrides the model `config`
-  names (tests pass a small one). `stop_after` ends this call after that many steps without a
-  final checkpoint, as a killed run would (tests use it).
+  meshes[, identities]), or None to skip validation) instead. `flame_model` overrides the model
+  `config` names (tests pass a small one). `stop_after` ends this call after that many steps
+  without a final checkpoint, as a killed run would (tests use it).
   """
   mesh = mesh or make_mesh()
   networks = objective.build_networks(config)

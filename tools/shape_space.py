@@ -47,12 +47,12 @@ def main():
     if k > total:
       continue
     share = lambda v: 100 * v[:k].sum() / v.sum()
-    print(f"| {k} | {share(variance['whole_rms_mm']):.1f}% | {share(variance['crop_rms_mm']):.1f}% "
-          f"| {share(variance['aligned_rms_mm']):.1f}% | "
+    print(f"| {k} | {share(variance['whole_rms_mm']):.1f}% | "
+          f"{share(variance['crop_rms_mm']):.1f}% | {share(variance['aligned_rms_mm']):.1f}% | "
           f"{np.sqrt(variance['aligned_rms_mm'][k:].sum()):.3f} |")
-  print(f"\nexpected RMS of a N(0, I) shape: whole head {np.sqrt(variance['whole_rms_mm'].sum()):.2f}"
-        f" mm, in crop {np.sqrt(variance['crop_rms_mm'].sum()):.2f} mm, in crop aligned "
-        f"{np.sqrt(variance['aligned_rms_mm'].sum()):.2f} mm")
+  rms = {k: np.sqrt(v.sum()) for k, v in variance.items()}
+  print(f"\nexpected RMS of a N(0, I) shape: whole head {rms['whole_rms_mm']:.2f} mm, in crop "
+        f"{rms['crop_rms_mm']:.2f} mm, in crop aligned {rms['aligned_rms_mm']:.2f} mm")
   if args.out:
     with open(args.out, "w") as f:
       json.dump({k: np.asarray(v).tolist() for k, v in s.items()}, f, indent=1)
