@@ -1,12 +1,13 @@
-"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.metrics.now`).
+"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.scoring`).
 
-- `synthetic_neutral`: held-out identities of `synthetic_heads`. Each evaluated frame's
-  predicted shape gives a neutral mesh (zero pose, expression and eyelids), scored against the
-  identity's ground-truth neutral mesh as NoW scores a prediction against a scan: crop the GT
-  vertices around the nose with the GT mesh's 7 NoW landmarks, align the prediction (7-landmark
-  Procrustes with scale, then scale/rotation/translation refinement), per-vertex
-  point-to-triangle errors. Like NoW, errors are pooled over images (frames), several per
-  identity.
+- `synthetic_neutral`: identities of `synthetic_heads` (held out, or the training ones to
+  measure fitting). Each scored frame's predicted shape gives a neutral mesh (zero pose,
+  expression and eyelids), scored against the identity's ground-truth neutral mesh as NoW
+  scores a prediction against a scan: crop the GT vertices around the nose with the GT mesh's 7
+  NoW landmarks, align the prediction (7-landmark Procrustes with scale, then
+  scale/rotation/translation refinement), per-vertex point-to-triangle errors. Like NoW, errors
+  are pooled over images (frames), several per identity. Each item also gets its shape recovery
+  (`shape_recovery`: alpha, cos, aligned in-crop RMS).
 - `synthetic_expressions`: the same protocol on the posed, expressive frames: the predicted
   posed mesh (all parameters) against the frame's ground-truth posed mesh.
 - `now`: real NoW images, cropped around NoW's face box, predicted neutral meshes written in the
@@ -14,6 +15,10 @@
 - `expression_probe`: not geometry but expressiveness: a linear classifier
   (`sheap_jax.expression_probe`) fitted on the predicted expressions of the train identities'
   emotion-labelled frames names the emotion of held-out identities' frames.
+Which frames: `select_frames` (evenly spaced frames of every video, identities interleaved);
+`evaluate` scores 2 per identity (first and last) on `synthetic_neutral`, 4 on
+`synthetic_expressions`, training validation 1 (the first: `validation_set`). Every result
+keeps each item's identity, so that `BenchmarkResult.compare` can resample identities.
 The "scan" of the synthetic benchmarks is every GT vertex inside NoW's crop sphere (eyeball and
 mouth-pocket vertices included); only `oracle`-style predictors see the GT parameters.
 """
@@ -27,12 +32,17 @@ import tqdm
 from data.synthetic_heads import features as F
 from sheap_jax import expression_probe as probe_lib
 from sheap_jax import flame
+from sheap_jax import intervals
 from sheap_jax import predictors
+from sheap_jax import scoring
+from sheap_jax import shape_recovery
 from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
 
 NOW_FACE_BOX_ENLARGEMENT = 0.8  # SHeaP's NoW crop: the detected box grown by 80%
 PREDICTOR_IMAGE_SIZE = 224
+BASELINE = "mean_head"  # what every ratio is relative to
+RECOVERY_KEYS = ("alpha", "cos", "aligned_rms_mm", "from_template_aligned_mm")
 
 _neutral_vertices = jax.jit(flame.neutral_vertices)
 _flame_forward = jax.jit(flame.flame_forward)
@@ -45,22 +55,58 @@ class BenchmarkResult:
   benchmark: str
   item_ids: tuple  # one name per scored item (frame or NoW image)
   errors: tuple  # (N_i,) errors of each item's cropped GT points, metres
+  identities: tuple  # each item's identity: the unit the intervals resample
+  recovery: tuple = ()  # neutral benchmarks: each item's shape_recovery.recovery dict
+  from_template_mm: float = float("nan")  # neutral benchmarks: scoring.distance_from_template_mm
 
   def summary(self):
-    """Pooled median/mean/std in mm (NoW's figures), the point and item counts."""
-    return {**now.summarize(list(self.errors)), "num_items": len(self.item_ids)}
+    """Pooled median/mean/std in mm (NoW's figures), the point, item and identity counts; for
+    neutral geometry the distances from the template and the mean shape recovery."""
+    summary = {**now.summarize(list(self.errors)), "num_items": len(self.item_ids),
+               "num_identities": len(set(self.identities))}
+    if self.recovery:
+      summary["from_template_mm"] = self.from_template_mm
+      summary.update({key: float(np.mean([r[key] for r in self.recovery]))
+                      for key in RECOVERY_KEYS})
+    return summary
 
   def per_item(self):
-    return [{"id": i, "median_mm": float(1000 * np.median(e)), "mean_mm": float(1000 * e.mean())}
-            for i, e in zip(self.item_ids, self.errors)]
+    return [{"id": i, "identity": str(c), "median_mm": float(1000 * np.median(e)),
+             "mean_mm": float(1000 * e.mean()), **(self.recovery[k] if self.recovery else {})}
+            for k, (i, c, e) in enumerate(zip(self.item_ids, self.identities, self.errors))]
+
+  def recovery_by_identity(self):
+    """{identity: {alpha, cos, aligned_rms_mm, from_template_aligned_mm}}, each the mean over
+    the identity's scored frames."""
+    by_identity = {}
+    for identity, item in zip(self.identities, self.recovery):
+      by_identity.setdefault(identity, []).append(item)
+    return {str(identity): {key: float(np.mean([i[key] for i in items])) for key in RECOVERY_KEYS}
+            for identity, items in by_identity.items()}
+
+  def recovery_intervals(self, **bootstrap):
+    """{key: intervals.MeanInterval} of the per-identity recovery values."""
+    per_identity = list(self.recovery_by_identity().values())
+    return {key: intervals.mean_interval([v[key] for v in per_identity], **bootstrap)
+            for key in RECOVERY_KEYS}
+
+  def compare(self, baseline, **bootstrap) -> intervals.PairedRatio:
+    """This predictor's pooled median over `baseline`'s, scored on the same items."""
+    if self.item_ids != baseline.item_ids:
+      raise ValueError(f"{self.benchmark}: cannot pair results of different items "
+                       f"({len(self.item_ids)} against {len(baseline.item_ids)})")
+    return intervals.paired_ratio(self.errors, baseline.errors, self.identities, **bootstrap)
 
 
-def now_landmarks(model, vertices):
-  """NoW's 7 landmarks (7, 3) of a mesh (V, 3): the model's full-embedding barycentrics."""
-  indices = model.full_lmk_faces[np.asarray(flame.NOW_LANDMARKS)]
-  corners = np.asarray(vertices, np.float64)[np.asarray(model.faces)[np.asarray(indices)]]
-  bary = np.asarray(model.full_lmk_bary, np.float64)[np.asarray(flame.NOW_LANDMARKS)]
-  return np.einsum("lkc,lk->lc", corners, bary)
+def score_neutral_meshes(model, pred_meshes, gt_meshes, item_ids, identities,
+                         name="synthetic_neutral"):
+  """The `synthetic_neutral` result of predicted neutral meshes (N, V, 3) against their
+  identities' ground-truth neutral meshes: NoW errors and shape recovery per item."""
+  pred_meshes, gt_meshes = np.asarray(pred_meshes), np.asarray(gt_meshes)
+  errors = tuple(scoring.now_errors(model, p, g) for p, g in zip(pred_meshes, gt_meshes))
+  recovery = tuple(shape_recovery.recovery(model, p, g) for p, g in zip(pred_meshes, gt_meshes))
+  return BenchmarkResult(name, tuple(item_ids), errors, tuple(identities), recovery,
+                         scoring.distance_from_template_mm(pred_meshes, model))
 
 
 def select_frames(source, frames_per_identity, max_items=None):
@@ -81,13 +127,14 @@ def select_frames(source, frames_per_identity, max_items=None):
 
 
 def _batches(source, indices, batch_size):
-  """(images (B, H, W, 3) float32 [0, 1], examples {key: (B, ...)}, ids) per chunk."""
+  """(images (B, H, W, 3) float32 [0, 1], examples {key: (B, ...)}, ids, identities) per chunk."""
   for start in range(0, len(indices), batch_size):
     records = [source[i] for i in indices[start:start + batch_size]]
     images = np.stack([F.decode_image(r[F.IMAGE]) for r in records]).astype(np.float32) / 255
     examples = {k: np.stack([r[k] for r in records]) for k in records[0] if k != F.IMAGE}
     ids = [f"video{int(r[F.VIDEO_ID]):06d}/frame{int(r[F.FRAME_INDEX]):04d}" for r in records]
-    yield images, examples, ids
+    identities = [f"video{int(r[F.VIDEO_ID]):06d}" for r in records]
+    yield images, examples, ids, identities
 
 
 def _check_model_matches(model, examples):
@@ -109,50 +156,77 @@ def _check_model_matches(model, examples):
                        f"{model.num_vertices}: synthetic benchmarks need that head (omit --flame)")
 
 
-def _score(model, pred_vertices, gt_vertices):
-  """NoW errors of one predicted mesh against one GT mesh of the same topology."""
-  faces = np.asarray(model.faces)
-  return now.now_errors(pred_vertices, faces, now_landmarks(model, pred_vertices), gt_vertices,
-                        faces, now_landmarks(model, gt_vertices))
+def _gt_neutral(model, examples):
+  """(B, V, 3) ground-truth neutral meshes: stored, or recomputed from `gt_shape`."""
+  _check_model_matches(model, examples)
+  gt = examples.get(F.GT_NEUTRAL_VERTICES)
+  return np.asarray(gt if gt is not None else _neutral_vertices(model, examples[F.GT_SHAPE]))
+
+
+def _gt_posed(model, images, examples):
+  """(B, V, 3) ground-truth posed meshes: stored, or recomputed from the `gt_` parameters."""
+  _check_model_matches(model, examples)
+  gt = examples.get(F.GT_VERTICES)
+  if gt is None:
+    gt = _flame_forward(model, predictors.oracle(images, examples)).vertices
+  return np.asarray(gt)
 
 
 def _synthetic(name, predictor, model, source, posed, max_items, frames_per_identity,
                batch_size):
   indices = select_frames(source, frames_per_identity, max_items)
-  ids, errors = [], []
+  parts = []
   with tqdm.tqdm(total=len(indices), desc=name, unit="frame", disable=None) as progress:
-    for images, examples, batch_ids in _batches(source, indices, batch_size):
-      _check_model_matches(model, examples)
+    for images, examples, ids, identities in _batches(source, indices, batch_size):
       params = predictor(images, examples)
       if posed:
-        predicted = _flame_forward(model, params).vertices
-        gt = examples.get(F.GT_VERTICES)
-        if gt is None:
-          gt = _flame_forward(model, predictors.oracle(images, examples)).vertices
+        predicted = np.asarray(_flame_forward(model, params).vertices)
+        gt = _gt_posed(model, images, examples)
+        parts.append(BenchmarkResult(name, tuple(ids), tuple(
+            scoring.now_errors(model, p, g) for p, g in zip(predicted, gt)), tuple(identities)))
       else:
-        predicted = _neutral_vertices(model, params.shape)
-        gt = examples.get(F.GT_NEUTRAL_VERTICES)
-        if gt is None:
-          gt = _neutral_vertices(model, examples[F.GT_SHAPE])
-      for p, g in zip(np.asarray(predicted), np.asarray(gt)):
-        errors.append(_score(model, p, g))
-        progress.update()
-      ids.extend(batch_ids)
-  return BenchmarkResult(name, tuple(ids), tuple(errors))
+        parts.append(score_neutral_meshes(model, _neutral_vertices(model, params.shape),
+                                          _gt_neutral(model, examples), ids, identities, name))
+      progress.update(len(ids))
+  return _concatenate(parts)
+
+
+def _concatenate(parts):
+  """One result of the batches' results (from_template_mm: the mean over all meshes)."""
+  fields = {f: sum((getattr(p, f) for p in parts), ())
+            for f in ("item_ids", "errors", "identities", "recovery")}
+  from_template = (np.average([p.from_template_mm for p in parts],
+                              weights=[len(p.item_ids) for p in parts])
+                   if fields["recovery"] else float("nan"))
+  return BenchmarkResult(parts[0].benchmark, **fields, from_template_mm=float(from_template))
 
 
 def synthetic_neutral(predictor, model, source, max_items=None, frames_per_identity=2,
                       batch_size=8):
-  """Predicted neutral meshes of held-out frames against their identity's GT neutral mesh."""
+  """Predicted neutral meshes of the split's frames against their identity's GT neutral mesh."""
   return _synthetic("synthetic_neutral", predictor, model, source, False, max_items,
                     frames_per_identity, batch_size)
 
 
 def synthetic_expressions(predictor, model, source, max_items=None, frames_per_identity=4,
                           batch_size=8):
-  """Predicted posed meshes of held-out frames against the frames' GT posed meshes."""
+  """Predicted posed meshes of the split's frames against the frames' GT posed meshes."""
   return _synthetic("synthetic_expressions", predictor, model, source, True, max_items,
                     frames_per_identity, batch_size)
+
+
+def validation_set(model, source, image_size, max_identities=None, batch_size=8):
+  """Training validation's items: the first frame of each identity (at most `max_identities`)
+  as (images (N, S, S, 3) float32 resized to the predictor's size, GT neutral meshes (N, V, 3)
+  float64, identities (N,))."""
+  images, meshes, names = [], [], []
+  for frames, examples, _, identities in _batches(
+      source, select_frames(source, 1, max_identities), batch_size):
+    images.extend(np.asarray(jax.image.resize(image, (image_size, image_size, 3), "linear",
+                                              antialias=True)) for image in frames)
+    meshes.append(np.asarray(_gt_neutral(model, examples), np.float64))
+    names.extend(identities)
+  return np.stack(images), np.concatenate(meshes), tuple(names)
 
 
 def labelled_frames(source, max_items=None):
@@ -167,7 +241,7 @@ def labelled_frames(source, max_items=None):
 def _probe_inputs(predictor, source, indices, batch_size):
   """(features (N, D), emotion labels (N,)) of the given records under `predictor`."""
   features, labels = [], []
-  for images, examples, _ in _batches(source, indices, batch_size):
+  for images, examples, _, _ in _batches(source, indices, batch_size):
     features.append(probe_lib.probe_features(predictor(images, examples)))
     labels.append(np.asarray(examples[F.GT_EMOTION]))
   return np.concatenate(features), np.concatenate(labels)
@@ -225,13 +299,14 @@ def now_benchmark(predictor, model, dataset, predictions_dir, split="val", chall
     params = predictor(crops, {"face_box": boxes})
     for image, vertices in zip(batch, np.asarray(_neutral_vertices(model, params.shape))):
       now_data.write_prediction(predictions_dir, image, vertices, faces,
-                                now_landmarks(model, vertices))
+                                scoring.now_landmarks(model, vertices))
   errors, missing = now_data.evaluate_predictions(dataset, predictions_dir, images)
   if missing:
     raise RuntimeError(f"{predictions_dir}: predictions missing for "
                        f"{[im.relative_path for im in missing][:5]}")
   ids = tuple(im.relative_path for im in images)
-  return BenchmarkResult("now", ids, tuple(errors[i] for i in ids))
+  return BenchmarkResult("now", ids, tuple(errors[i] for i in ids),
+                         tuple(im.subject for im in images))
 
 
 def write_cumulative_plot(results_by_predictor, path):

@@ -10,8 +10,9 @@ and step budget; only the variant's overrides and `config.seed` (initialisation 
 differ, and runs are validated only at their last step, without previews. Set
 `JAX_COMPILATION_CACHE_DIR` so that the seeds of a variant compile once. Writes
 `<workdir>/study.json` (per run and per variant: median mm, mean and sample standard deviation
-over seeds, and how far the predicted heads moved from the template) and `<workdir>/study.png`,
-and prints a Markdown table.
+over seeds, each run's ratio to `mean_head` with its 95% interval over the held-out identities
+(training validation's paired cluster bootstrap), and how far the predicted heads moved from
+the template) and `<workdir>/study.png`, and prints a Markdown table.
 """
 import json
 import os
@@ -70,8 +71,10 @@ def variant_config(config: ml_collections.ConfigDict, variant: str, seed: int
 
 
 def summarize(runs: List[Dict]) -> Dict[str, Dict]:
-  """Per variant: median mm of each seed, their mean, sample std, min and max, and the mean
-  distance of the predicted heads from the template (`from_template_mm`)."""
+  """Per variant: median mm of each seed, their mean, sample std, min and max, each seed's
+  ratio to the mean head as [ratio, low, high] (runs validated before the intervals existed
+  have none), and the mean distance of the predicted heads from the template
+  (`from_template_mm`)."""
   by_variant = {}
   for run in runs:
     by_variant.setdefault(run["variant"], []).append(run)
@@ -82,6 +85,8 @@ def summarize(runs: List[Dict]) -> Dict[str, Dict]:
         median_mm=values.tolist(), mean=float(values.mean()),
         std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
         min=float(values.min()), max=float(values.max()), seeds=len(values),
+        ratios=[[run["ratio"], run["ratio_low"], run["ratio_high"]] for run in variant_runs
+                if run.get("ratio") is not None],
         from_template_mm=float(np.mean([run["from_template_mm"] for run in variant_runs])))
   return summary
 
@@ -90,7 +95,8 @@ def markdown_table(summary: Dict[str, Dict], ground_truth_from_template_mm: floa
   """The study as Markdown; the last column says how far training moved the heads from the
   template, against how far the true heads are from it."""
   rows = ["| variant | trains with | synthetic_neutral median (mm), mean ± std over seeds | "
-          "ratio to mean_head | predicted heads' distance from the template (mm RMS; true "
+          "ratio to mean_head (per seed: ratio [95% interval over identities]) | "
+          "predicted heads' distance from the template (mm RMS; true "
           f"heads: {ground_truth_from_template_mm:.2f}) |", "|---|---|---|---|---|"]
   baseline = summary["mean_head"]["mean"]
   for variant, s in summary.items():
@@ -98,9 +104,11 @@ def markdown_table(summary: Dict[str, Dict], ground_truth_from_template_mm: floa
       rows.append(f"| `mean_head` | no training: the template head | {s['mean']:.3f} "
                   "(deterministic) | 1.00 | 0 |")
       continue
+    per_seed = "; ".join(f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in s.get("ratios", []))
     rows.append(f"| `{variant}` | {VARIANTS[variant][0]} | {s['mean']:.3f} ± {s['std']:.3f} "
                 f"(range {s['min']:.3f}–{s['max']:.3f}, {s['seeds']} seeds) | "
-                f"{s['mean'] / baseline:.2f} | {s['from_template_mm']:.2f} |")
+                f"{s['mean'] / baseline:.2f}" + (f" ({per_seed})" if per_seed else "")
+                + f" | {s['from_template_mm']:.2f} |")
   return "\n".join(rows)
 
 
@@ -140,7 +148,9 @@ def run_study(config, workdir: str, variants: List[str], seeds: List[int]) -> Di
         result = json.load(f)
       runs.append(dict(variant=variant, seed=seed, median_mm=result["model"]["median_mm"],
                        mean_mm=result["model"]["mean_mm"], step=result["model"]["step"],
-                       from_template_mm=result["model"]["from_template_mm"]))
+                       from_template_mm=result["model"]["from_template_mm"],
+                       **{k: result["model"].get(k) for k in ("ratio", "ratio_low",
+                                                               "ratio_high")}))
       mean_head.append(result["mean_head"]["median_mm"])
       ground_truth.append(result["ground_truth"]["from_template_mm"])
   summary = summarize(runs)

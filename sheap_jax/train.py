@@ -36,12 +36,13 @@ import optax
 from PIL import Image
 import tqdm
 
+from sheap_jax import benchmarks
 from sheap_jax import camera as camera_lib
 from sheap_jax import checkpoints
 from sheap_jax import flame as flame_lib
 from sheap_jax import mesh_render
 from sheap_jax import objective
-from sheap_jax.metrics import now
+from sheap_jax import scoring
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
@@ -231,15 +232,8 @@ def make_data_iterator(config, mesh: Mesh, dataset):
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation: the NoW protocol on held-out synthetic identities (neutral meshes).
-
-
-def landmarks_now(flame_model, vertices: np.ndarray) -> np.ndarray:
-  """(7, 3) NoW landmarks of a mesh in the model's topology (its full 68-point embedding)."""
-  index = np.asarray(flame_lib.NOW_LANDMARKS)
-  faces = np.asarray(flame_model.faces)[np.asarray(flame_model.full_lmk_faces)[index]]
-  bary = np.asarray(flame_model.full_lmk_bary)[index]
-  return np.einsum("lkc,lk->lc", np.asarray(vertices, np.float64)[faces], bary)
+# Validation: `benchmarks`' synthetic_neutral scoring on the first frame of each identity of
+# `config.data.eval_split` (held out: generalisation; `train`: fitting), against the mean head.
 
 
 def predict_neutral(networks, params, flame_model, images) -> jnp.ndarray:
@@ -248,45 +242,34 @@ def predict_neutral(networks, params, flame_model, images) -> jnp.ndarray:
   return flame_lib.neutral_vertices(flame_model, out.shape)
 
 
-def distance_from_template_mm(neutral_meshes, flame_model) -> float:
-  """Mean over meshes of the RMS vertex distance (mm) from the template head: how far a set of
-  neutral heads has moved from the mean shape (the same for predictions and ground truth)."""
-  offsets = np.asarray(neutral_meshes, np.float64) - np.asarray(flame_model.v_template)
-  return float(1e3 * np.mean(np.sqrt(np.mean(np.sum(offsets ** 2, axis=-1), axis=-1))))
-
-
-def synthetic_neutral(neutral_meshes, gt_neutral_meshes, flame_model) -> Dict[str, float]:
-  """NoW errors (median / mean / std mm) of predicted neutral meshes against ground truth, both
-  in `flame_model`'s topology, and the predictions' `from_template_mm`."""
-  faces = np.asarray(flame_model.faces)
-  errors = [now.now_errors(pred, faces, landmarks_now(flame_model, pred), gt, faces,
-                           landmarks_now(flame_model, gt))
-            for pred, gt in zip(neutral_meshes, gt_neutral_meshes)]
-  return dict(now.summarize(errors),
-              from_template_mm=distance_from_template_mm(neutral_meshes, flame_model))
-
-
-def validation_set(config, dataset) -> Tuple[np.ndarray, np.ndarray]:
-  """(images (N, S, S, 3) at the predictor's size, gt neutral meshes (N, V, 3)): the first frame
-  of each held-out video, at most `config.eval_images`."""
+def validation_set(config, dataset, flame_model) -> Tuple[np.ndarray, np.ndarray, tuple]:
+  """(images at the predictor's size, GT neutral meshes, identities): the first frame of each
+  identity of `config.data.eval_split`, at most `config.eval_images` (`benchmarks`)."""
   from data import pairs  # pylint: disable=import-outside-toplevel
-  from data.synthetic_heads import features  # pylint: disable=import-outside-toplevel
-  from data.synthetic_heads import ground_truth  # pylint: disable=import-outside-toplevel
   source = pairs.open_split(dataset, config.data.eval_split)
-  size = config.model.image_size
-  images, meshes = [], []
-  index = 0
-  while index < len(source) and len(images) < config.eval_images:
-    record = source[index]
-    image = features.decode_image(record[features.IMAGE]).astype(np.float32) / 255.0
-    images.append(np.asarray(jax.image.resize(image, (size, size, 3), "linear", antialias=True)))
-    meshes.append(ground_truth.neutral_vertices(record))
-    index += int(record[features.VIDEO_NUM_FRAMES])
-  return np.stack(images), np.stack(meshes)
+  return benchmarks.validation_set(flame_model, source, config.model.image_size,
+                                   config.eval_images)
+
+
+def score_validation(flame_model, meshes, validation) -> benchmarks.BenchmarkResult:
+  """`synthetic_neutral` of neutral meshes against validation = (images, GT meshes[,
+  identities]); without identities every mesh is its own identity."""
+  gt = validation[1]
+  identities = validation[2] if len(validation) > 2 else tuple(range(len(gt)))
+  return benchmarks.score_neutral_meshes(flame_model, meshes, gt,
+                                         [f"item{i}" for i in range(len(gt))], identities)
+
+
+def validation_metrics(result, baseline) -> Dict[str, float]:
+  """The result's summary and its pooled median over the baseline's: ratio, 95% interval (a
+  paired cluster bootstrap over identities) and the sign test."""
+  paired = result.compare(baseline)
+  return dict(result.summary(), ratio=paired.ratio, ratio_low=paired.low,
+              ratio_high=paired.high, identities_better=paired.better, sign_p=paired.sign_p)
 
 
 def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
-          validation: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+          validation: Optional[Tuple] = None,
           mesh: Optional[Mesh] = None, flame_model=None, stop_after: Optional[int] = None
           ) -> TrainState:
   """Trains (or resumes) to `config.total_steps`; returns the final state.
@@ -294,9 +277,9 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   By default the data come from `config.data` (pairs for training, held-out identities for
   validation). Callers may pass `data_iterator` (process-local batches (local_devices,
   per_device_batch, ...) with get_state()/set_state()) and `validation` ((images, gt neutral
-  meshes), or None to skip validation) instead. `flame_model` overrides the model `config`
-  names (tests pass a small one). `stop_after` ends this call after that many steps without a
-  final checkpoint, as a killed run would (tests use it).
+  meshes[, identities]), or None to skip validation) instead. `flame_model` overrides the model
+  `config` names (tests pass a small one). `stop_after` ends this call after that many steps
+  without a final checkpoint, as a killed run would (tests use it).
   """
   mesh = mesh or make_mesh()
   networks = objective.build_networks(config)
@@ -307,7 +290,7 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   if data_iterator is None:
     dataset = open_dataset(config)
     data_iterator = make_data_iterator(config, mesh, dataset)
-    validation = validation_set(config, dataset) if config.eval_every else None
+    validation = validation_set(config, dataset, flame_model) if config.eval_every else None
 
   manager = checkpoints.open_manager(workdir, config)
   abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
@@ -329,12 +312,17 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   neutral = jax.jit(functools.partial(predict_neutral, networks))
   writer = MetricWriter(workdir)
   results = {}
+  split = scoring.split_label(config.data.eval_split)
   if validation is not None:
-    results["mean_head"] = synthetic_neutral(
-        np.broadcast_to(np.asarray(flame_model.v_template), validation[1].shape), validation[1],
-        flame_model)
+    mean_head = score_validation(
+        flame_model, np.broadcast_to(np.asarray(flame_model.v_template), validation[1].shape),
+        validation)
+    results["split"] = split
+    results["mean_head"] = mean_head.summary()
     results["ground_truth"] = dict(
-        from_template_mm=distance_from_template_mm(validation[1], flame_model))
+        from_template_mm=scoring.distance_from_template_mm(validation[1], flame_model),
+        from_template_aligned_mm=float(np.mean(
+            [r["truth_from_template_aligned_mm"] for r in mean_head.recovery])))
     if int(state.step) == 0:
       writer.write(0, {f"synthetic_neutral/mean_head/{k}": v
                        for k, v in results["mean_head"].items()})
@@ -367,9 +355,12 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
       if validation is not None and (step % config.eval_every == 0
                                      or step == config.total_steps):
         meshes = np.asarray(neutral(state.params, flame_model, jnp.asarray(validation[0])))
-        results["model"] = dict(synthetic_neutral(meshes, validation[1], flame_model), step=step)
+        results["model"] = dict(validation_metrics(score_validation(flame_model, meshes,
+                                                                    validation), mean_head),
+                                step=step)
         writer.write(step, {f"synthetic_neutral/{k}": v for k, v in results["model"].items()
                             if k != "step"})
+        logging.info("step %d: %s", step, validation_line(results, split))
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop_requested:
         checkpoints.save(manager, state, data_iterator.get_state(), config)
       if stop_requested:
@@ -380,14 +371,24 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
     if "model" in results and jax.process_index() == 0:
       with open(os.path.join(workdir, "synthetic_neutral.json"), "w") as f:
         json.dump(results, f, indent=2)
-      logging.info("synthetic_neutral median %.3f mm (mean head %.3f mm)",
-                   results["model"]["median_mm"], results["mean_head"]["median_mm"])
+      logging.info("%s", validation_line(results, split))
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     progress.close()
     writer.close()
     manager.close()
   return state
+
+
+def validation_line(results, split) -> str:
+  """One line: the model's median against the mean head's, ratio [lo, hi], sign test."""
+  m = results["model"]
+  return (f"synthetic_neutral on {m['num_identities']} {split} identities: median "
+          f"{m['median_mm']:.3f} mm (mean head {results['mean_head']['median_mm']:.3f} mm), "
+          f"ratio {m['ratio']:.3f} [{m['ratio_low']:.3f}, {m['ratio_high']:.3f}], "
+          f"{m['identities_better']}/{m['num_identities']} identities better "
+          f"(sign test p={m['sign_p']:.2g}), alpha {m['alpha']:.3f}, "
+          f"from_template_aligned_mm {m['from_template_aligned_mm']:.3f}")
 
 
 def write_preview(workdir, step, reanimate, state, frozen, batch, flame_model):

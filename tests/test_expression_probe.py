@@ -130,9 +130,11 @@ def test_oracle_far_above_chance_mean_head_at_chance(data_dir, tmp_path, capsys)
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   printed = capsys.readouterr().out
   row = next(l for l in printed.splitlines() if l.startswith("expression_probe") and "oracle" in l)
-  assert float(row.split()[4]) == pytest.approx(oracle["accuracy"], abs=1e-4)
-  assert [(b, p) for b, p, _ in rows] == [("expression_probe", "mean_head"),
-                                          ("expression_probe", "oracle")]
+  assert float(row.split()[6]) == pytest.approx(oracle["accuracy"], abs=1e-4)
+  assert "validation (generalisation)" in row and report["measures"] == "generalisation"
+  assert [(b, split, p) for b, split, p, _ in rows] == [
+      ("expression_probe", "validation (generalisation)", "mean_head"),
+      ("expression_probe", "validation (generalisation)", "oracle")]
   # --max_items thins each split evenly.
   source = evaluate.synthetic_source(data_dir, PROBE_CONFIG.name, "validation")
   thinned = benchmarks.labelled_frames(source, max_items=5)

@@ -46,7 +46,10 @@ def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch, rng):
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "synthetic_neutral.json"), "w") as f:
       json.dump({"model": {"median_mm": medians[workdir], "mean_mm": 1.0,
-                           "step": config.total_steps, "from_template_mm": 2 * medians[workdir]},
+                           "step": config.total_steps, "from_template_mm": 2 * medians[workdir],
+                           "ratio": medians[workdir] / 0.8,
+                           "ratio_low": medians[workdir] / 0.8 - 0.1,
+                           "ratio_high": medians[workdir] / 0.8 + 0.2},
                  "mean_head": {"median_mm": 0.8}, "ground_truth": {"from_template_mm": 3.5}},
                 f)
 
@@ -66,6 +69,8 @@ def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch, rng):
   assert (tmp_path / "study.png").stat().st_size > 0
   table = loss_study.markdown_table(study["summary"], study["ground_truth_from_template_mm"])
   assert f"{study['summary']['full']['mean'] / 0.8:.2f}" in table
+  first = medians[str(tmp_path / "full" / "seed0")] / 0.8
+  assert f"{first:.3f} [{first - 0.1:.3f}, {first + 0.2:.3f}]" in table
   assert "true heads: 3.50" in table
 
   trained.clear()  # rerunning skips finished runs
