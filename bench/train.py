@@ -93,7 +93,7 @@ def renderer_forward_backward(config, frozen: objective.Frozen):
     inputs_of = lambda out: ((out.vertices, out.texture, lighting(out), out.viewmats), out.Ks)
     return jax.jit(jax.grad(total)), inputs_of, lambda out: None
 
-  faces = frozen.flame.faces
+  faces = frozen.splat_faces
 
   def total(inputs, Ks):  # the step's render: rig, shade, rasterise (routed as configured)
     local, vertices, viewmats, sh = inputs

@@ -28,7 +28,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Shared predictor ViT; shape on the ViT or on its own identity branch (DESIGN 4.2).
   c.model = dict(size="B/16", image_size=224, identity_dim=256, shape_source="vit",
                  output_tokens=True, remat=False)
-  c.regressor = dict(width=256, depth=4, num_heads=4, gaussians_per_face=2)
+  # `regions`: names of the head's vertex masks whose triangles carry Gaussians (the faces
+  # with a vertex in one of them); empty: every triangle (objective.splat_faces).
+  c.regressor = dict(width=256, depth=4, num_heads=4, gaussians_per_face=2, regions=())
   # Frozen DINOv2 for the regressor's tokens and the perceptual loss; `path` = converted weights
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),
@@ -62,7 +64,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.flame.n_shape, c.flame.n_expression = 50, 20
     c.model = dict(size="tiny", image_size=64, identity_dim=32, shape_source="vit",
                    output_tokens=True, remat=False)
-    c.regressor = dict(width=32, depth=1, num_heads=2, gaussians_per_face=1)
+    c.regressor = dict(width=32, depth=1, num_heads=2, gaussians_per_face=1, regions=())
     c.dinov2 = dict(variant="vits14", path="", image_size=56, feature_blocks=(1,),
                     arch=dict(width=32, depth=2, num_heads=2, mlp_dim=64, pos_embed_grid=(4, 4)))
     c.render.size = 64
