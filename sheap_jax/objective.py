@@ -185,18 +185,15 @@ def dinov2_config(config) -> Dict[str, Any]:
   return arch
 
 
-def splat_faces(config, flame_model: flame_lib.FlameModel) -> np.ndarray:
-  """(F', 3) the triangles that carry Gaussians: every face of the head, or with
-  `config.regressor.regions` (names of the head's vertex masks: FLAME_masks.pkl, or the
-  built-in head's) the faces with a vertex in one of those regions, so that the region's
-  border triangles are covered and the surface has no holes."""
-  faces = np.asarray(flame_model.faces)
-  regions = tuple(config.regressor.get("regions") or ())
+def splat_faces(faces: np.ndarray, masks: Dict[str, np.ndarray], regions, where: str
+                ) -> np.ndarray:
+  """(F', 3) the triangles that carry Gaussians: all of `faces`, or with `regions` (names of
+  the head's vertex masks, FLAME_masks.pkl's or the built-in head's) the faces with a vertex in
+  one of those regions, so that the regions' border triangles are covered too and the surface
+  has no holes. `where` names the head in errors."""
+  faces = np.asarray(faces)
   if not regions:
     return faces
-  path = config.get("flame_path") or ""
-  masks = _head_assets(path).get("masks") or {}
-  where = path or "the built-in head (sheap_jax/head_model.py)"
   missing = [name for name in regions if name not in masks]
   if missing:
     raise flame_io.FlameFileError(
@@ -217,7 +214,10 @@ def build_frozen(config, flame_model: flame_lib.FlameModel) -> Frozen:
   if config.renderer == "mesh":
     layout, mesh = None, load_mesh_topology(config, flame_model)
   else:
-    faces = splat_faces(config, flame_model)
+    path = config.get("flame_path") or ""
+    faces = splat_faces(flame_model.faces, _head_assets(path).get("masks") or {},
+                        tuple(config.regressor.get("regions") or ()),
+                        path or "the built-in head (sheap_jax/head_model.py)")
     layout = gaussians.face_layout(faces, np.asarray(flame_model.v_template))
     mesh = None
   _, params = dinov2.load_or_init(config.dinov2.get("path"), dinov2_config(config),
