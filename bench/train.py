@@ -4,6 +4,14 @@
         --out bench/results/train_cpu.json
     python bench/train.py --config configs/base.py:cpu --override render.impl=reference \
         --override batch_size=8
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/train.py \
+        --renderers gaussians,mesh --steps 5 --out bench/results/train_cpu.json \
+        --baseline "regressor.regions=()" --baseline render.capacity=None \
+        --baseline render.impl=tiled --baseline-devices 1     # the cpu config before 2026-12-08
+
+`--baseline KEY=VALUE` (repeatable) also times the config with those fields set, in rounds
+alternating with the config's own (so that other jobs' load falls on both alike); `--devices`
+and `--baseline-devices` pick how many local devices each step uses (default: all).
 
 For each renderer of `--renderers` (default: the config's `renderer`), times the real
 data-parallel train step (all local devices) on random images of the config's size (throughput
@@ -17,10 +25,11 @@ lighting; for "mesh", `mesh_baseline.render` on the target mesh, predicted textu
 `--override KEY=VALUE` (repeatable) sets any other config field, as `--config.KEY=VALUE` does
 for the train CLI; VALUE is read as a Python literal, else as a string.
 
-Prints a table and writes a JSON list of records, one per renderer: config (with any
---override flags), renderer, pairs_per_s, step_ms, raster_ms (the renderer's forward +
+Prints a table and writes a JSON list of records, one per renderer (and baseline): config
+(with any --override flags), renderer, pairs_per_s, step_ms, raster_ms (the renderer's forward +
 backward), raster_share, device, batch_size, splats (null for the mesh), render_size,
-raster_impl ("mesh_baseline" for the mesh), steps.
+px_per_mm (pixels per mm at the head's distance), raster_impl ("mesh_baseline" for the mesh),
+capacity, pairs_needed (per image, last round), geometry_gradients, regions, steps, loadavg.
 """
 import argparse
 import ast

@@ -66,8 +66,8 @@ def stage_functions(config, networks, frozen, params, batch):
   raster = dict(impl=config.render.impl, capacity=config.render.get("capacity"))
 
   predictor = jax.jit(jax.grad(lambda p: _sum(networks.predictor.apply({"params": p}, images))))
-  encoder = jax.jit(lambda: dinov2.frozen_features(networks.dinov2, frozen.dinov2,
-                                                   dinov2_input).patch_tokens)
+  encoder = jax.jit(lambda images: dinov2.frozen_features(networks.dinov2, frozen.dinov2,
+                                                         images).patch_tokens)
   regressor = jax.jit(jax.grad(lambda p: _sum(networks.regressor.apply(
       {"params": p}, out.source.identity, tokens, frozen.layout))))
 
@@ -107,7 +107,7 @@ def stage_functions(config, networks, frozen, params, batch):
 
   return {
       "predictor": lambda: predictor(params["predictor"]),
-      "dinov2": encoder,
+      "dinov2": lambda: encoder(dinov2_input),
       "regressor": lambda: regressor(params["regressor"]),
       "flame_rig_shade": lambda: flame_rig(out.target, out.local_gaussians),
       "mesh_zbuffer": zbuffer,

@@ -78,8 +78,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Pallas kernels in interpret mode: 1.4-1.5x faster than "tiled" at this scene; the
     # capacity is 1.35x the pairs the scene needs at initialisation (~9,100; the default would
     # be 8 per splat, 50,800), and `render/pairs_dropped_per_pair` is logged. Before 2026-12-08:
-    # --config.regressor.regions="()" --config.render.capacity=None --config.render.impl=tiled
-    # (docs/training.md, "Speed of the CPU step").
+    # --config.regressor.regions="()" --config.render.capacity=90256 (the default for 11,282
+    # splats at 64²) --config.render.impl=tiled (docs/training.md, "Speed of the CPU step").
     c.render.size = 64
     c.render.impl = "pallas"
     c.render.capacity = 12_288
