@@ -4,6 +4,14 @@
         --out bench/results/train_cpu.json
     python bench/train.py --config configs/base.py:cpu --override render.impl=reference \
         --override batch_size=8
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/train.py \
+        --renderers gaussians,mesh --steps 5 --out bench/results/train_cpu.json \
+        --baseline "regressor.regions=()" --baseline render.capacity=None \
+        --baseline render.impl=tiled --baseline-devices 1     # the cpu config before 2026-12-08
+
+`--baseline KEY=VALUE` (repeatable) also times the config with those fields set, in rounds
+alternating with the config's own (so that other jobs' load falls on both alike); `--devices`
+and `--baseline-devices` pick how many local devices each step uses (default: all).
 
 For each renderer of `--renderers` (default: the config's `renderer`), times the real
 data-parallel train step (all local devices) on random images of the config's size (throughput
@@ -17,14 +25,16 @@ lighting; for "mesh", `mesh_baseline.render` on the target mesh, predicted textu
 `--override KEY=VALUE` (repeatable) sets any other config field, as `--config.KEY=VALUE` does
 for the train CLI; VALUE is read as a Python literal, else as a string.
 
-Prints a table and writes a JSON list of records, one per renderer: config (with any
---override flags), renderer, pairs_per_s, step_ms, raster_ms (the renderer's forward +
+Prints a table and writes a JSON list of records, one per renderer (and baseline): config
+(with any --override flags), renderer, pairs_per_s, step_ms, raster_ms (the renderer's forward +
 backward), raster_share, device, batch_size, splats (null for the mesh), render_size,
-raster_impl ("mesh_baseline" for the mesh), steps.
+px_per_mm (pixels per mm at the head's distance), raster_impl ("mesh_baseline" for the mesh),
+capacity, pairs_needed (per image, last round), geometry_gradients, regions, steps, loadavg.
 """
 import argparse
 import ast
 import importlib.util
+import math
 import os
 import statistics
 import sys
@@ -93,7 +103,7 @@ def renderer_forward_backward(config, frozen: objective.Frozen):
     inputs_of = lambda out: ((out.vertices, out.texture, lighting(out), out.viewmats), out.Ks)
     return jax.jit(jax.grad(total)), inputs_of, lambda out: None
 
-  faces = frozen.flame.faces
+  faces = frozen.splat_faces
 
   def total(inputs, Ks):  # the step's render: rig, shade, rasterise (routed as configured)
     local, vertices, viewmats, sh = inputs
@@ -106,18 +116,18 @@ def renderer_forward_backward(config, frozen: objective.Frozen):
   return jax.jit(jax.grad(total)), inputs_of, splats
 
 
-def bench_renderer(config, spec: str, steps: int):
-  """One record: the train step of `config` (named `spec` in the record) and its renderer's
-  share."""
-  mesh = train.make_mesh(jax.local_devices())
+def renderer_rounds(config, spec: str, devices: int):
+  """(one_round, record): one_round() times the renderer alone and then one train step of
+  `config` on its first `devices` local devices (the first call compiles); record(times) is the
+  result for the rounds' (step ms, renderer ms)."""
+  mesh = train.make_mesh(jax.local_devices()[:devices])
   networks = objective.build_networks(config)
   frozen_host = objective.build_frozen(config, objective.load_flame_model(config))
   frozen = train.replicate(frozen_host, mesh)
   optimizer = train.make_optimizer(config)
-  state = train.replicate(train.init_state(networks, frozen, config, optimizer), mesh)
+  state = [train.replicate(train.init_state(networks, frozen_host, config, optimizer), mesh)]
   step = train.make_train_step(networks, config, optimizer, mesh)
 
-  devices = mesh.devices.size
   per_device = max(config.batch_size // devices, 1)
   size = config.model.image_size
   rng = np.random.default_rng(0)
@@ -129,27 +139,56 @@ def bench_renderer(config, spec: str, steps: int):
   device_batch = [jnp.asarray(batch[name][0]) for name in ("source_image", "target_image")]
   reanimate = jax.jit(lambda p, f, s, t: objective.reanimate(networks, p, f, config, s, t))
   forward_backward, inputs_of, splats_of = renderer_forward_backward(config, frozen_host)
+  last = {}
 
-  # Step and renderer alternate on the same parameters: the renderer alone on one device's share
-  # of the batch, as the step renders it, then the step. The first round compiles.
-  step_times, raster_times = [], []
-  for round_ in range(steps + 1):
-    out = jax.block_until_ready(reanimate(state.params, frozen_host, *device_batch))
+  # The renderer alone on one device's share of the batch, as the step renders it, then the
+  # step, on the same parameters.
+  def one_round():
+    out = jax.block_until_ready(reanimate(state[0].params, frozen_host, *device_batch))
     raster_ms, _ = timed_once(lambda: forward_backward(*inputs_of(out)))
-    step_ms, (state, _) = timed_once(lambda: step(state, frozen, sharded))
-    if round_:
-      raster_times.append(raster_ms)
-      step_times.append(step_ms)
-  step_ms, raster_ms = statistics.median(step_times), statistics.median(raster_times)
-  splats = splats_of(out)
+    step_ms, (state[0], _) = timed_once(lambda: step(state[0], frozen, sharded))
+    last.update(out=out)
+    return step_ms, raster_ms
 
-  return dict(
-      config=spec, renderer=config.renderer, pairs_per_s=devices * per_device / (step_ms / 1e3),
-      step_ms=step_ms, raster_ms=raster_ms, raster_share=raster_ms / step_ms,
-      device=f"{jax.devices()[0].device_kind} x{devices}", batch_size=devices * per_device,
-      splats=splats, render_size=config.render.size,
-      raster_impl="mesh_baseline" if config.renderer == "mesh" else config.render.impl,
-      steps=steps)
+  def record(times):
+    step_ms = statistics.median(t[0] for t in times)
+    raster_ms = statistics.median(t[1] for t in times)
+    out = last["out"]
+    render = config.render
+    return dict(
+        config=spec, renderer=config.renderer,
+        pairs_per_s=devices * per_device / (step_ms / 1e3), step_ms=step_ms, raster_ms=raster_ms,
+        raster_share=raster_ms / step_ms, device=f"{jax.devices()[0].device_kind} x{devices}",
+        batch_size=devices * per_device, splats=splats_of(out), render_size=render.size,
+        px_per_mm=None if config.renderer == "mesh" else px_per_mm(render.size),
+        raster_impl="mesh_baseline" if config.renderer == "mesh" else render.impl,
+        capacity=None if config.renderer == "mesh" else render.get("capacity"),
+        pairs_needed=None if config.renderer == "mesh" else float(
+            jnp.mean(out.render.pairs_needed)),
+        geometry_gradients=None if config.renderer == "mesh" else render.geometry_gradients,
+        regions=list(config.regressor.get("regions") or ()), steps=len(times),
+        loadavg=list(os.getloadavg()))
+  return one_round, record
+
+
+def px_per_mm(render_size: int) -> float:
+  """Pixels per millimetre at the head's distance in SHeaP's framing (the signal a render
+  holds): focal length in pixels over the camera distance."""
+  focal = (render_size / 2) / math.tan(math.radians(camera_lib.SHEAP_FOV_Y_DEGREES) / 2)
+  return focal / (camera_lib.SHEAP_CAMERA_DISTANCE * 1e3)
+
+
+def bench_configs(configs, steps: int):
+  """Records for [(config, spec, devices)], timed in alternating rounds so that other jobs'
+  load falls on all of them alike."""
+  runs = [renderer_rounds(config, spec, devices) for config, spec, devices in configs]
+  times = [[] for _ in runs]
+  for round_ in range(steps + 1):
+    for (one_round, _), t in zip(runs, times):
+      result = one_round()
+      if round_:  # the first round compiles
+        t.append(result)
+  return [record(t) for (_, record), t in zip(runs, times)]
 
 
 def main(argv=None):
@@ -159,6 +198,13 @@ def main(argv=None):
                       help="comma-separated renderers to time (default: the config's)")
   parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                       help="set a config field (repeatable), e.g. render.impl=reference")
+  parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
+                      help="also time the config with these fields set (repeatable), in "
+                      "alternating rounds, e.g. the settings before a change")
+  parser.add_argument("--devices", type=int, default=0,
+                      help="local devices of the step (default: all)")
+  parser.add_argument("--baseline-devices", type=int, default=0,
+                      help="local devices of the baseline's step (default: all)")
   parser.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
   parser.add_argument("--out", default="", help="JSON file to write")
   args = parser.parse_args(argv)
@@ -167,21 +213,28 @@ def main(argv=None):
     parser.error("set the renderer with --renderers, not --override renderer=...")
   renderers = [r for r in args.renderers.split(",") if r] or [
       load_config(args.config, args.override).renderer]
-  spec = " ".join([args.config] + [f"--override {o}" for o in args.override])
-  width = max(24, len(spec) + 2)
+  all_devices = len(jax.local_devices())
+  variants = [(args.override, args.devices or all_devices)]
+  if args.baseline:
+    variants.insert(0, (args.override + args.baseline, args.baseline_devices or all_devices))
+  specs = [" ".join([args.config] + [f"--override {o}" for o in overrides])
+           for overrides, _ in variants]
+  width = max(24, max(len(s) for s in specs) + 2)
   print(f"{'config':<{width}}{'renderer':<11}{'device':<14}{'batch':>6}{'splats':>8}"
         f"{'step ms':>10}{'pairs/s':>9}{'render ms':>11}{'share':>7}")
   records = []
   for renderer in renderers:
-    config = load_config(args.config, args.override + [f"renderer={renderer!r}"])
-    r = bench_renderer(config, spec, args.steps)
-    records.append(r)
-    print(f"{r['config']:<{width}}{r['renderer']:<11}{r['device']:<14}{r['batch_size']:>6}"
-          f"{'-' if r['splats'] is None else r['splats']:>8}{r['step_ms']:>10.1f}"
-          f"{r['pairs_per_s']:>9.2f}{r['raster_ms']:>11.1f}{r['raster_share']:>7.2f}",
-          flush=True)
+    configs = [(load_config(args.config, overrides + [f"renderer={renderer!r}"]), spec, devices)
+               for (overrides, devices), spec in zip(variants, specs)]
+    for r in bench_configs(configs, args.steps):
+      records.append(r)
+      print(f"{r['config']:<{width}}{r['renderer']:<11}{r['device']:<14}{r['batch_size']:>6}"
+            f"{'-' if r['splats'] is None else r['splats']:>8}{r['step_ms']:>10.1f}"
+            f"{r['pairs_per_s']:>9.2f}{r['raster_ms']:>11.1f}{r['raster_share']:>7.2f}",
+            flush=True)
     if args.out:
       json_out.write_json(args.out, records)
+  print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
   if args.out:
     print(f"wrote {args.out}")
 

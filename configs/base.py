@@ -11,6 +11,10 @@ import ml_collections
 from sheap_jax import losses
 
 
+CPU_SPLAT_REGIONS = ("face", "forehead", "left_ear", "right_ear", "eye_region", "left_eyeball",
+                     "right_eyeball")
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """`arg` picks a variant: "" (paper scale, ViT-B/16 at 224) or "cpu" (tiny, runs anywhere)."""
   if arg not in ("", "cpu"):
@@ -28,7 +32,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Shared predictor ViT; shape on the ViT or on its own identity branch (DESIGN 4.2).
   c.model = dict(size="B/16", image_size=224, identity_dim=256, shape_source="vit",
                  output_tokens=True, remat=False)
-  c.regressor = dict(width=256, depth=4, num_heads=4, gaussians_per_face=2)
+  # `regions`: names of the head's vertex masks whose triangles carry Gaussians (the faces
+  # with a vertex in one of them); empty: every triangle (objective.splat_faces).
+  c.regressor = dict(width=256, depth=4, num_heads=4, gaussians_per_face=2, regions=())
   # Frozen DINOv2 for the regressor's tokens and the perceptual loss; `path` = converted weights
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),
@@ -62,10 +68,21 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.flame.n_shape, c.flame.n_expression = 50, 20
     c.model = dict(size="tiny", image_size=64, identity_dim=32, shape_source="vit",
                    output_tokens=True, remat=False)
-    c.regressor = dict(width=32, depth=1, num_heads=2, gaussians_per_face=1)
+    # Splats on the triangles a frontal camera sees and the losses read: face (eyes, nose, lips
+    # included), forehead, ears and eyeballs, 6,350 of the built-in head's 11,282 triangles
+    # (FLAME_masks.pkl has the same region names).
+    c.regressor = dict(width=32, depth=1, num_heads=2, gaussians_per_face=1,
+                       regions=CPU_SPLAT_REGIONS)
     c.dinov2 = dict(variant="vits14", path="", image_size=56, feature_blocks=(1,),
                     arch=dict(width=32, depth=2, num_heads=2, mlp_dim=64, pos_embed_grid=(4, 4)))
+    # Pallas kernels in interpret mode: 1.4-1.5x faster than "tiled" at this scene; the
+    # capacity is 1.35x the pairs the scene needs at initialisation (~9,100; the default would
+    # be 8 per splat, 50,800), and `render/pairs_dropped_per_pair` is logged. Before 2026-12-08:
+    # --config.regressor.regions="()" --config.render.capacity=90256 (the default for 11,282
+    # splats at 64²) --config.render.impl=tiled (docs/training.md, "Speed of the CPU step").
     c.render.size = 64
+    c.render.impl = "pallas"
+    c.render.capacity = 12_288
     c.data.variant = "demo"
     c.data.build_if_missing = True
     c.data.num_workers = 0

@@ -80,7 +80,7 @@ def predict(networks: objective.Networks, params, frozen: objective.Frozen, conf
         objective.resize_images(images, config.dinov2.image_size)).patch_tokens
     local = networks.regressor.apply({"params": params["regressor"]}, out.identity, tokens,
                                      frozen.layout)
-    splats = rigging.rig_gaussians(local, mesh.vertices, frozen.flame.faces)
+    splats = rigging.rig_gaussians(local, mesh.vertices, frozen.splat_faces)
   return Prediction(flame=flame_params, camera_translation=out.camera_translation,
                     vertices=mesh.vertices, landmarks=mesh.landmarks68, splats=splats)
 

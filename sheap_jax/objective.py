@@ -89,6 +89,9 @@ class Frozen:
   layout: Optional[gaussians.FaceLayout]  # renderer "gaussians", else None
   dinov2: Any  # DINOv2 params
   mesh: Optional[mesh_baseline.MeshTopology] = None  # renderer "mesh", else None
+  # (F', 3) the triangles that carry Gaussians (`config.regressor.regions`), renderer
+  # "gaussians", else None; the z-buffer draws the same triangles for the geometry terms.
+  splat_faces: Optional[jnp.ndarray] = None
 
 
 @struct.dataclass
@@ -182,20 +185,45 @@ def dinov2_config(config) -> Dict[str, Any]:
   return arch
 
 
+def splat_faces(faces: np.ndarray, masks: Dict[str, np.ndarray], regions, where: str
+                ) -> np.ndarray:
+  """(F', 3) the triangles that carry Gaussians: all of `faces`, or with `regions` (names of
+  the head's vertex masks, FLAME_masks.pkl's or the built-in head's) the faces with a vertex in
+  one of those regions, so that the regions' border triangles are covered too and the surface
+  has no holes. `where` names the head in errors."""
+  faces = np.asarray(faces)
+  if not regions:
+    return faces
+  missing = [name for name in regions if name not in masks]
+  if missing:
+    raise flame_io.FlameFileError(
+        where, f"has no vertex mask {missing} for config.regressor.regions (masks: "
+        f"{sorted(masks) or f'none; put {flame_io.MASKS_FILE} next to the model'})")
+  chosen = np.zeros(int(np.max(faces)) + 1, bool)
+  for name in regions:
+    chosen[np.asarray(masks[name])] = True
+  return faces[chosen[faces].any(axis=1)]
+
+
 def build_frozen(config, flame_model: flame_lib.FlameModel) -> Frozen:
-  """The frozen inputs: the renderer's topology (face layout for Gaussians, textured mesh for
-  the mesh renderer) and DINOv2 weights (converted weights from `config.dinov2.path`, else a
-  seeded random encoder, with a warning)."""
+  """The frozen inputs: the renderer's topology (face layout of the triangles that carry
+  Gaussians, or the textured mesh for the mesh renderer) and DINOv2 weights (converted weights
+  from `config.dinov2.path`, else a seeded random encoder, with a warning)."""
   _check_renderer(config)
+  faces = None
   if config.renderer == "mesh":
     layout, mesh = None, load_mesh_topology(config, flame_model)
   else:
-    layout = gaussians.face_layout(np.asarray(flame_model.faces),
-                                   np.asarray(flame_model.v_template))
+    path = config.get("flame_path") or ""
+    faces = splat_faces(flame_model.faces, _head_assets(path).get("masks") or {},
+                        tuple(config.regressor.get("regions") or ()),
+                        path or "the built-in head (sheap_jax/head_model.py)")
+    layout = gaussians.face_layout(faces, np.asarray(flame_model.v_template))
     mesh = None
   _, params = dinov2.load_or_init(config.dinov2.get("path"), dinov2_config(config),
                                   seed=config.seed)
-  return Frozen(flame=flame_model, layout=layout, dinov2=params, mesh=mesh)
+  return Frozen(flame=flame_model, layout=layout, dinov2=params, mesh=mesh,
+                splat_faces=None if faces is None else jnp.asarray(faces, jnp.int32))
 
 
 def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, Any]:
@@ -333,9 +361,9 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   else:
     local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
                                      frozen.layout)
-    render = render_splats(config, local, flame_out.vertices, frozen.flame.faces, viewmats, Ks,
+    render = render_splats(config, local, flame_out.vertices, frozen.splat_faces, viewmats, Ks,
                            lighting, background)
-    depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.flame.faces, Ks,
+    depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.splat_faces, Ks,
                                                 viewmats, size)
 
   landmarks = jax.vmap(lambda K_, v, p: camera_lib.project(

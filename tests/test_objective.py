@@ -86,6 +86,7 @@ def small_config():
   c.dinov2.arch.pos_embed_grid = (2, 2)
   c.dinov2.feature_blocks = (0,)
   c.regressor.width = 16
+  c.regressor.regions = ()  # the fixture has no masks: Gaussians on every triangle
   return c
 
 
@@ -263,6 +264,19 @@ def test_pairs_over_the_rasteriser_capacity_are_counted(setup):
   np.testing.assert_allclose(counters["pairs_dropped"], np.mean(render.pairs_dropped))
   np.testing.assert_allclose(counters["pairs_needed"], np.mean(render.pairs_needed))
   np.testing.assert_allclose(counters["splats_culled"], np.mean(render.splats_culled))
+
+
+def test_splat_regions_keep_the_faces_touching_them(rng):
+  faces = rng.integers(0, 50, (200, 3))
+  masks = {"face": rng.choice(50, 12, replace=False), "ears": rng.choice(50, 5, replace=False),
+           "scalp": rng.choice(50, 20, replace=False)}
+  kept = objective.splat_faces(faces, masks, ("face", "ears"), "head.pkl")
+  touching = [f for f in faces if set(f) & (set(masks["face"]) | set(masks["ears"]))]
+  np.testing.assert_array_equal(kept, np.asarray(touching).reshape(-1, 3))
+  assert 0 < len(kept) < len(faces)
+  np.testing.assert_array_equal(objective.splat_faces(faces, masks, (), "head.pkl"), faces)
+  with pytest.raises(flame_io.FlameFileError, match=r"head.pkl.*no vertex mask \['nose'\]"):
+    objective.splat_faces(faces, masks, ("face", "nose"), "head.pkl")
 
 
 def test_unknown_renderer_is_rejected(setup):
