@@ -8,7 +8,7 @@ Any field can be overridden on the command line, e.g. `--config.losses.ssim.weig
 """
 import ml_collections
 
-from sheap_jax import losses
+from sheap_jax.training import losses
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

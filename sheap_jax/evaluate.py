@@ -25,11 +25,11 @@ import re
 
 import tensorflow_datasets as tfds
 
-from sheap_jax import benchmarks
-from sheap_jax import expression_probe
-from sheap_jax import flame
-from sheap_jax import predictors
-from sheap_jax import scoring
+from sheap_jax.evaluation import benchmarks
+from sheap_jax.evaluation import expression_probe
+from sheap_jax.head import flame
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
 from sheap_jax.metrics import now_data
 
 SPLITS = {"train": None, "validation": "val", "test": "test"}  # synthetic split -> NoW list

@@ -24,7 +24,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from sheap_jax import losses
+from sheap_jax.training import losses
 from sheap_jax import train  # also defines the --config and --workdir flags
 
 _FILE = "sheap_jax/loss_study.py"

@@ -10,7 +10,7 @@ run with `jax.shard_map` over a one-axis mesh of all devices. The loss is a mean
 parameters and optimiser state unchanged and is counted in `skipped_steps`.
 
 The workdir holds Orbax checkpoints (`checkpoints/<step>`: train state, data-iterator state,
-config; `sheap_jax/checkpoints.py`), `metrics.jsonl`, TensorBoard events and preview PNGs.
+config; `sheap_jax/training/checkpoints.py`), `metrics.jsonl`, TensorBoard events and preview PNGs.
 Rerunning the same command resumes from the newest checkpoint (refused, with the differing
 config fields named, if the config builds another parameter tree); SIGTERM saves one before
 exiting.
@@ -36,13 +36,13 @@ import optax
 from PIL import Image
 import tqdm
 
-from sheap_jax import benchmarks
-from sheap_jax import camera as camera_lib
-from sheap_jax import checkpoints
-from sheap_jax import flame as flame_lib
-from sheap_jax import mesh_render
-from sheap_jax import objective
-from sheap_jax import scoring
+from sheap_jax.evaluation import benchmarks
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.training import checkpoints
+from sheap_jax.head import flame as flame_lib
+from sheap_jax.render import mesh_render
+from sheap_jax.training import objective
+from sheap_jax.evaluation import scoring
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"

@@ -14,11 +14,11 @@ import pytest
 from data.synthetic_heads import assets
 from data.synthetic_heads import builder
 from data.synthetic_heads import configs
-from sheap_jax import benchmarks
+from sheap_jax.evaluation import benchmarks
 from sheap_jax import evaluate
-from sheap_jax import flame
-from sheap_jax import predictors
-from sheap_jax import scoring
+from sheap_jax.head import flame
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
 from sheap_jax import train
 from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
@@ -258,7 +258,7 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_pa
       (["--benchmark", "now", "--now_dir", str(tmp_path / "absent")],
        "NoW dataset folder not found"),
       (["--predictor", "mean_hed"], "unknown predictor 'mean_hed'"),
-      (["--predictor", f"checkpoint:{tmp_path}"], "sheap_jax.checkpoint_predictor"),
+      (["--predictor", f"checkpoint:{tmp_path}"], "sheap_jax.inference.checkpoint_predictor"),
   ]
   for argv, message in cases:
     with pytest.raises(SystemExit):
@@ -274,7 +274,7 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_pa
 
 
 def test_checkpoint_predictor_plugs_in(monkeypatch, tmp_path):
-  """`checkpoint:DIR` hands DIR to sheap_jax.checkpoint_predictor.load once that module exists."""
+  """`checkpoint:DIR` hands DIR to sheap_jax.inference.checkpoint_predictor.load once that module exists."""
   loaded = []
   module = types.ModuleType(predictors.CHECKPOINT_MODULE)
   module.__spec__ = importlib.machinery.ModuleSpec(predictors.CHECKPOINT_MODULE, None)

@@ -12,10 +12,10 @@ import scipy.special
 from data.synthetic_heads import builder
 from data.synthetic_heads import configs
 from data.synthetic_heads import features as F
-from sheap_jax import benchmarks
+from sheap_jax.evaluation import benchmarks
 from sheap_jax import evaluate
-from sheap_jax import expression_probe
-from sheap_jax import predictors
+from sheap_jax.evaluation import expression_probe
+from sheap_jax.evaluation import predictors
 
 # 10 train and 4 held-out identities, 8 frames each at 32 px. Frames 3 s apart fall in
 # different expression segments (1-3 s long), so most frames are distinct labelled samples.

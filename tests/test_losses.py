@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage
 
 from rasterizer.types import RasterOutput
-from sheap_jax import flame
-from sheap_jax import image_metrics
-from sheap_jax import losses
+from sheap_jax.head import flame
+from sheap_jax.training import image_metrics
+from sheap_jax.training import losses
 from sheap_jax.models import vit
 
 B, H, W = 2, 24, 20

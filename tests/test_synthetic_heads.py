@@ -23,9 +23,9 @@ from data.synthetic_heads import detector
 from data.synthetic_heads import expressions
 from data.synthetic_heads import features as F
 from data.synthetic_heads import ground_truth
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame
-from sheap_jax import mesh_render
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame
+from sheap_jax.render import mesh_render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = dataclasses.replace(

@@ -16,8 +16,8 @@ from data.synthetic_heads import identity as identity_lib
 from data.synthetic_heads import render
 from data.synthetic_heads import texture
 from data.synthetic_heads import trajectories
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame
 
 _IDENTITY, _SCRIPT, _DETECTOR = 0, 1, 2  # purposes in the seed sequence
 

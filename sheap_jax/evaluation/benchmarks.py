@@ -1,4 +1,4 @@
-"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.scoring`).
+"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.evaluation.scoring`).
 
 - `synthetic_neutral`: identities of `synthetic_heads` (held out, or the training ones to
   measure fitting). Each scored frame's predicted shape gives a neutral mesh (zero pose,
@@ -13,7 +13,7 @@
 - `now`: real NoW images, cropped around NoW's face box, predicted neutral meshes written in the
   official layout (`now_data.write_prediction`), then scored against the scans.
 - `expression_probe`: not geometry but expressiveness: a linear classifier
-  (`sheap_jax.expression_probe`) fitted on the predicted expressions of the train identities'
+  (`sheap_jax.evaluation.expression_probe`) fitted on the predicted expressions of the train identities'
   emotion-labelled frames names the emotion of held-out identities' frames.
 Which frames: `select_frames` (evenly spaced frames of every video, identities interleaved);
 `evaluate` scores 2 per identity (first and last) on `synthetic_neutral`, 4 on
@@ -30,12 +30,12 @@ from PIL import Image
 import tqdm
 
 from data.synthetic_heads import features as F
-from sheap_jax import expression_probe as probe_lib
-from sheap_jax import flame
-from sheap_jax import intervals
-from sheap_jax import predictors
-from sheap_jax import scoring
-from sheap_jax import shape_recovery
+from sheap_jax.evaluation import expression_probe as probe_lib
+from sheap_jax.head import flame
+from sheap_jax.evaluation import intervals
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
+from sheap_jax.evaluation import shape_recovery
 from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
 

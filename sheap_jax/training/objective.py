@@ -33,22 +33,22 @@ import jax.numpy as jnp
 import numpy as np
 
 import rasterizer
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame as flame_lib
-from sheap_jax import head_model
-from sheap_jax import flame_io
-from sheap_jax import gradient_routing
-from sheap_jax import losses
-from sheap_jax import mesh_baseline
-from sheap_jax import mesh_render
-from sheap_jax import rigging
-from sheap_jax import rotation
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame as flame_lib
+from sheap_jax.head import head_model
+from sheap_jax.head import flame_io
+from sheap_jax.training import gradient_routing
+from sheap_jax.training import losses
+from sheap_jax.render import mesh_baseline
+from sheap_jax.render import mesh_render
+from sheap_jax.render import rigging
+from sheap_jax.geometry import rotation
+from sheap_jax.geometry import shading
 from sheap_jax.models import dinov2
 from sheap_jax.models import gaussians
 from sheap_jax.models import predictor as predictor_lib
 
-_FILE = "sheap_jax/objective.py"
+_FILE = "sheap_jax/training/objective.py"
 RENDERERS = ("gaussians", "mesh")
 # Terms that read quantities only splats have: mesh depth/normals against themselves, the 2DGS
 # distortion (0 for one opaque surface) and the Gaussian regularisers. The mesh renderer skips
@@ -138,7 +138,7 @@ def load_mesh_topology(config, flame_model: flame_lib.FlameModel) -> mesh_baseli
   `config` names (FLAME's head_template.obj, or the built-in head's atlas)."""
   path = config.get("flame_path") or ""
   assets = _head_assets(path)
-  where = path or "the built-in head (sheap_jax/head_model.py)"
+  where = path or "the built-in head (sheap_jax/head/head_model.py)"
   if "vt" not in assets:
     raise flame_io.FlameFileError(
         where, f"has no UV coordinates, which config.renderer='mesh' needs: put FLAME's "

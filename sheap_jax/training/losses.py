@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sheap_jax import image_metrics
+from sheap_jax.training import image_metrics
 from sheap_jax.models import dinov2
 
-_FILE = "sheap_jax/losses.py"
+_FILE = "sheap_jax/training/losses.py"
 _EPS = 1e-8
 
 # A perceptual feature extractor: images (B, H, W, 3) in [0, 1] -> feature maps [(B, N, D), ...].
