@@ -13,7 +13,7 @@ import pytest
 
 from data.synthetic_heads import assets
 from data.synthetic_heads import builder
-from data.synthetic_heads import configs
+from data.synthetic_heads import variants
 from sheap_jax.evaluation import benchmarks
 from sheap_jax import evaluate
 from sheap_jax.head import flame
@@ -25,7 +25,7 @@ from sheap_jax.metrics import now_data
 
 # Two held-out identities, two frames each, 64 px: the smallest build that still has variety.
 EVAL_CONFIG = dataclasses.replace(
-    configs.BUILDER_CONFIGS[0], name="eval64", description="tests/test_evaluate.py",
+    variants.BUILDER_CONFIGS[0], name="eval64", description="tests/test_evaluate.py",
     image_size=64, texture_size=64, supersample=1, num_train=0, num_validation=2, num_test=0,
     frames_per_video=2, store_vertices=True)
 
