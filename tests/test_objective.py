@@ -270,7 +270,8 @@ def test_unknown_renderer_is_rejected(setup):
   bad = small_config()
   bad.renderer = "nerf"
   batch = random_batch(np.random.default_rng(5), 1)
-  with pytest.raises(ValueError, match="sheap_jax/training/objective.py: config.renderer='nerf'"):
+  with pytest.raises(ValueError, match=r"sheap_jax/training/renderers.py: config.renderer='nerf'; "
+                     r"registered renderers: \['gaussians', 'mesh'\]"):
     objective.reanimate(networks, params, frozen, bad, batch["source_image"],
                         batch["target_image"])
 
