@@ -109,6 +109,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model = dict(size="B/16", image_size=224, identity_dim=256, shape_source="vit",
                  output_tokens=True, remat=False)
   c.regressor = dict(width=256, depth=4, num_heads=4, gaussians_per_face=2)
+  # A fresh run (no checkpoint to resume) starts the predictor's encoders (`branches`: "vit",
+  # and "identity_vit" with shape_source="identity") from converted DINOv2 weights
+  # (`python -m sheap_jax.models.dinov2 convert`); empty: from scratch.
+  c.model_init = dict(dinov2_path="", branches=("vit",))
   # Frozen DINOv2 for the regressor's tokens and the perceptual loss; `path` = converted weights
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),

@@ -2,6 +2,7 @@
 import pytest
 
 from configs import base
+from data import datasets
 from sheap_jax import loss_study
 
 
@@ -45,3 +46,14 @@ def test_study_variants_are_config_arguments(variant):
   expected.eval_every, expected.preview_every = expected.total_steps, 0
   assert loss_study.variant_config(base.get_config("cpu"), variant, 4).to_dict() == \
       expected.to_dict()
+
+
+def test_dataset_registry_refuses_unknown_names_and_unbuilt_data(tmp_path):
+  data = base.get_config("cpu").data
+  data.name = "imagenet"
+  with pytest.raises(ValueError, match=r"^data/datasets.py: config.data.name='imagenet'; "
+                                       r"registered datasets: \['synthetic_heads'\]$"):
+    datasets.open_dataset(data)
+  data.name, data.data_dir, data.build_if_missing = "synthetic_heads", str(tmp_path), False
+  with pytest.raises(FileNotFoundError, match="synthetic_heads/demo is not built under"):
+    datasets.open_dataset(data)

@@ -200,6 +200,21 @@ def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, An
   return init(rng, frozen.layout)
 
 
+def init_from_weights(params, config) -> Dict[str, Any]:
+  """Fresh `params` with the predictor's encoders (`config.model_init.branches`) initialised
+  from the converted DINOv2 weights at `config.model_init.dinov2_path`
+  (`predictor.init_from_dinov2`); unchanged (from scratch) when the path is empty. Training
+  calls it only when there is no checkpoint to resume."""
+  model_init = config.get("model_init") or {}
+  if not model_init.get("dinov2_path"):
+    return params
+  _, weights = dinov2.load(model_init["dinov2_path"])
+  predictor = {"params": params["predictor"]}
+  for branch in model_init.get("branches") or ("vit",):
+    predictor = predictor_lib.init_from_dinov2(predictor, weights, branch)
+  return {**params, "predictor": predictor["params"]}
+
+
 def _dinov2_num_patches(config) -> int:
   size, patch = config.dinov2.image_size, dinov2_config(config)["patch_size"]
   if size % patch:
