@@ -224,11 +224,15 @@ def test_now_benchmark_on_a_hand_made_folder(source, tmp_path, capsys):
 def test_crop_face_box_pads_and_resizes():
   image = np.zeros((20, 30, 3), np.uint8)
   image[5:15, 10:20] = 255  # the box itself is white, outside black
-  crop = benchmarks.crop_face_box(image, (10, 5, 20, 15), size=36, enlargement=0.8)
+  # Pixel centres at integers: the white pixels span [9.5, 19.5] x [4.5, 14.5].
+  crop = benchmarks.crop_face_box(image, (9.5, 4.5, 19.5, 14.5), size=36, enlargement=0.8)
   assert crop.shape == (36, 36, 3) and crop.dtype == np.float32
-  # side 18 px -> 2 output px per input px; the box covers the central 20 output px.
-  assert crop[18, 18].min() == 1.0 and crop[1, 1].max() == 0.0
-  assert crop[9:27, 9:27].min() == 1.0
+  # Side 18 px -> 2 output px per input px; output column k samples x = 5.75 + k / 2 (row k:
+  # y = 0.75 + k / 2), bilinear between pixel centres: columns 9-26 all white, column 8 (x =
+  # 9.75) three quarters white, the padded corner black.
+  assert crop[1, 1].max() == 0.0 and crop[9:27, 9:27].min() == 1.0
+  np.testing.assert_allclose(crop[18, 8], 191 / 255)  # 0.75 * 255, stored as uint8
+  np.testing.assert_allclose(crop[8, 18], 191 / 255)
 
 
 def test_train_split_is_labelled_fitting(tmp_path, capsys):
