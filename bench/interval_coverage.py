@@ -1,4 +1,4 @@
-"""Coverage of the paired cluster-bootstrap ratio interval (`sheap_jax.evaluation.intervals`) by simulation.
+"""Coverage of the paired cluster-bootstrap ratio interval (`evaluation.intervals`) by simulation.
 
     python bench/interval_coverage.py --identities 8,16,50 --datasets 1000 \
         --out bench/results/interval_coverage.json
@@ -37,7 +37,7 @@ def simulate(rng, datasets, identities, points, ratio=0.9, identity_sd=0.4, gain
 
 
 def bca_interval(estimate, replicates, jackknife, level):
-  """The BCa interval (Efron 1987), the alternative `sheap_jax.evaluation.intervals` was measured against:
+  """The BCa interval (Efron 1987), the alternative `evaluation.intervals` was measured against:
   z0 = Phi^-1(share of replicates below the estimate, ties half) corrects median bias,
   a = sum(d^3) / (6 sum(d^2)^1.5), d = mean(jackknife) - jackknife, skewness."""
   below = np.mean(replicates < estimate) + 0.5 * np.mean(replicates == estimate)

@@ -278,7 +278,8 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_pa
 
 
 def test_checkpoint_predictor_plugs_in(monkeypatch, tmp_path):
-  """`checkpoint:DIR` hands DIR to sheap_jax.inference.checkpoint_predictor.load once that module exists."""
+  """`checkpoint:DIR` hands DIR to sheap_jax.inference.checkpoint_predictor.load once that
+  module exists."""
   loaded = []
   module = types.ModuleType(predictors.CHECKPOINT_MODULE)
   module.__spec__ = importlib.machinery.ModuleSpec(predictors.CHECKPOINT_MODULE, None)

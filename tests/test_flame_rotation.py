@@ -1,4 +1,5 @@
-"""sheap_jax.geometry.rotation against scipy's Rotation on fresh random inputs, values and gradients."""
+"""sheap_jax.geometry.rotation against scipy's Rotation on fresh random inputs, values and
+gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -270,8 +270,9 @@ def test_unknown_renderer_is_rejected(setup):
   bad = small_config()
   bad.renderer = "nerf"
   batch = random_batch(np.random.default_rng(5), 1)
-  with pytest.raises(ValueError, match=r"sheap_jax/training/renderers.py: config.renderer='nerf'; "
-                     r"registered renderers: \['gaussians', 'mesh'\]"):
+  expected = (r"sheap_jax/training/renderers.py: config.renderer='nerf'; registered renderers: "
+              r"\['gaussians', 'mesh'\]")
+  with pytest.raises(ValueError, match=expected):
     objective.reanimate(networks, params, frozen, bad, batch["source_image"],
                         batch["target_image"])
 

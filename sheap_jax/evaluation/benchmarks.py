@@ -1,4 +1,4 @@
-"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.evaluation.scoring`).
+"""Geometry benchmarks: any predictor, scored with the NoW protocol (`evaluation.scoring`).
 
 - `synthetic_neutral`: identities of `synthetic_heads` (held out, or the training ones to
   measure fitting). Each scored frame's predicted shape gives a neutral mesh (zero pose,
@@ -13,7 +13,7 @@
 - `now`: real NoW images, cropped around NoW's face box, predicted neutral meshes written in the
   official layout (`now_data.write_prediction`), then scored against the scans.
 - `expression_probe`: not geometry but expressiveness: a linear classifier
-  (`sheap_jax.evaluation.expression_probe`) fitted on the predicted expressions of the train identities'
+  (`evaluation.expression_probe`) fitted on the predicted expressions of the train identities'
   emotion-labelled frames names the emotion of held-out identities' frames.
 Which frames: `select_frames` (evenly spaced frames of every video, identities interleaved);
 `evaluate` scores 2 per identity (first and last) on `synthetic_neutral`, 4 on

@@ -136,8 +136,8 @@ def load(directory: str, step: Optional[int] = None) -> CheckpointPredictor:
   checkpoints_dir = checkpoints.checkpoints_dir(directory)
   steps = ocp.utils.checkpoint_steps(checkpoints_dir) if os.path.isdir(checkpoints_dir) else []
   if not steps:
-    raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (sheap_jax.inference.checkpoint_predictor"
-                     ".load expects a training workdir with checkpoints/<step>/, as `python -m "
+    raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (checkpoint_predictor.load "
+                     "expects a training workdir with checkpoints/<step>/, as `python -m "
                      "sheap_jax.train` writes)")
   if step is not None and step not in steps:
     raise ValueError(f"{_FILE}: {directory!r} has no checkpoint of step {step} (has "
