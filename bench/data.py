@@ -12,10 +12,10 @@ setting (runs take the settings in turn), with the median load average just befo
 pairs_per_cpu_s: pairs per CPU second of the process and its workers (what the pipeline
 costs, steadier than wall time on a shared, loaded machine). stage_ms: the CPU milliseconds of each step of the pipeline on one thread, medians
 over many calls (the work the settings above spread over cores).
-When the dataset has ground-truth landmarks, also the recall of `sheap_jax.crop.detect_faces`
+When the dataset has ground-truth landmarks, also the recall of `sheap_jax.face.crop.detect_faces`
 on held-out splits (a detection whose IoU with the true 68-landmark box, mapped by
 `landmark_box_from_detection`, is >= 0.5) and, fitted on the training split, the
-detection-to-landmark-box constants that `sheap_jax/crop.py` holds. Prints a table and writes
+detection-to-landmark-box constants that `sheap_jax/face/crop.py` holds. Prints a table and writes
 JSON records.
 """
 import argparse
@@ -33,7 +33,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from bench import json_out  # noqa: E402
 from data import pairs  # noqa: E402
 from data.synthetic_heads import features as frame_features  # noqa: E402
-from sheap_jax import crop  # noqa: E402
+from sheap_jax.face import crop  # noqa: E402
 
 
 def build_synthetic(data_dir: str, config: str):

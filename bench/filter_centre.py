@@ -127,8 +127,8 @@ def training_record(config_spec):
   """The splats and cameras of the first training step of `config_spec` (bench/train.py's
   setup: untrained networks, random images), rendered both ways."""
   from bench import train as bench_train  # pylint: disable=g-import-not-at-top
-  from sheap_jax import objective  # pylint: disable=g-import-not-at-top
-  from sheap_jax import rigging  # pylint: disable=g-import-not-at-top
+  from sheap_jax.training import objective  # pylint: disable=g-import-not-at-top
+  from sheap_jax.render import rigging  # pylint: disable=g-import-not-at-top
   from sheap_jax import train  # pylint: disable=g-import-not-at-top
 
   config = bench_train.load_config(config_spec)

@@ -1,4 +1,4 @@
-"""Coverage of the paired cluster-bootstrap ratio interval (`sheap_jax.intervals`) by simulation.
+"""Coverage of the paired cluster-bootstrap ratio interval (`evaluation.intervals`) by simulation.
 
     python bench/interval_coverage.py --identities 8,16,50 --datasets 1000 \
         --out bench/results/interval_coverage.json
@@ -23,7 +23,7 @@ import numpy as np
 from scipy import special
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sheap_jax import intervals  # noqa: E402  pylint: disable=wrong-import-position
+from sheap_jax.evaluation import intervals  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def simulate(rng, datasets, identities, points, ratio=0.9, identity_sd=0.4, gain_sd=0.15,
@@ -37,7 +37,7 @@ def simulate(rng, datasets, identities, points, ratio=0.9, identity_sd=0.4, gain
 
 
 def bca_interval(estimate, replicates, jackknife, level):
-  """The BCa interval (Efron 1987), the alternative `sheap_jax.intervals` was measured against:
+  """The BCa interval (Efron 1987), the alternative `evaluation.intervals` was measured against:
   z0 = Phi^-1(share of replicates below the estimate, ties half) corrects median bias,
   a = sum(d^3) / (6 sum(d^2)^1.5), d = mean(jackknife) - jackknife, skewness."""
   below = np.mean(replicates < estimate) + 0.5 * np.mean(replicates == estimate)

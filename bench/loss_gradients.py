@@ -26,7 +26,7 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import json_out  # noqa: E402
-from sheap_jax import objective  # noqa: E402
+from sheap_jax.training import objective  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py:cpu", "Training config.")
 _BATCH = flags.DEFINE_integer("batch", 2, "Pairs in the batch.")

@@ -14,9 +14,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import json_out  # noqa: E402
-from sheap_jax import camera as camera_lib  # noqa: E402
-from sheap_jax import mesh_render  # noqa: E402
-from sheap_jax import shading  # noqa: E402
+from sheap_jax.geometry import camera as camera_lib  # noqa: E402
+from sheap_jax.render import mesh_render  # noqa: E402
+from sheap_jax.geometry import shading  # noqa: E402
 
 
 def head_sized_ellipsoid(rings=51, segments=100, radii=(0.076, 0.11, 0.095)):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import json_out  # noqa: E402
-from sheap_jax import mesh_topology  # noqa: E402
+from sheap_jax.geometry import mesh_topology  # noqa: E402
 from sheap_jax.models.gaussians import GaussiansRegressor, face_layout  # noqa: E402
 from sheap_jax.models.predictor import SheapPredictor  # noqa: E402
 

@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import json_out  # noqa: E402
 from configs import base  # noqa: E402
-from sheap_jax import checkpoint_predictor  # noqa: E402
-from sheap_jax import crop  # noqa: E402
-from sheap_jax import objective  # noqa: E402
+from sheap_jax.inference import checkpoint_predictor  # noqa: E402
+from sheap_jax.face import crop  # noqa: E402
+from sheap_jax.training import objective  # noqa: E402
 
 DTYPES = ("bfloat16", "float32")
 

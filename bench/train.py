@@ -47,9 +47,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench import json_out  # noqa: E402
-from sheap_jax import camera as camera_lib  # noqa: E402
-from sheap_jax import mesh_baseline  # noqa: E402
-from sheap_jax import objective  # noqa: E402
+from sheap_jax.geometry import camera as camera_lib  # noqa: E402
+from sheap_jax.render import mesh_baseline  # noqa: E402
+from sheap_jax.training import objective  # noqa: E402
 from sheap_jax import train  # noqa: E402
 
 

@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 import rasterizer  # noqa: E402
 from bench import json_out  # noqa: E402
 from bench import train as train_bench  # noqa: E402
-from sheap_jax import flame as flame_lib  # noqa: E402
-from sheap_jax import losses  # noqa: E402
-from sheap_jax import objective  # noqa: E402
-from sheap_jax import rigging  # noqa: E402
+from sheap_jax.head import flame as flame_lib  # noqa: E402
+from sheap_jax.training import losses  # noqa: E402
+from sheap_jax.training import objective  # noqa: E402
+from sheap_jax.render import rigging  # noqa: E402
 from sheap_jax import train  # noqa: E402
 from sheap_jax.models import dinov2  # noqa: E402
 

@@ -1,14 +1,94 @@
-"""SHeaP training configs: `get_config(arg)` with variants, big_vision style.
+"""SHeaP training configs: `get_config(arg)` with named arguments, big_vision style.
 
     python -m sheap_jax.train --config configs/base.py --workdir runs/paper       # paper scale
     python -m sheap_jax.train --config configs/base.py:cpu --workdir runs/cpu     # laptop CPU
+    python -m sheap_jax.train --config configs/base.py:cpu,renderer=mesh,losses=landmarks_only \
+        --workdir runs/cpu_mesh
 
-Any field can be overridden on the command line, e.g. `--config.losses.ssim.weight=0` or
-`--config.flame_path=/path/to/FLAME2020`.
+`arg` is comma-separated: `cpu` (the tiny preset; without it, paper scale) and `name=value`
+arguments (`ARGUMENTS`). Any field can also be overridden on the command line, e.g.
+`--config.losses.ssim.weight=0` or `--config.flame_path=/path/to/FLAME2020`.
 """
 import ml_collections
 
-from sheap_jax import losses
+_FILE = "configs/base.py"
+PRESETS = ("cpu",)
+# Loss presets (`losses=`, also the seed study's variants): which terms keep their weight; the
+# others get 0. The FLAME priors keep the parameters plausible and stay in every preset.
+PRIORS = ("shape_prior", "expression_prior", "jaw_prior", "eyelid_prior")
+LOSS_PRESETS = {
+    "full": lambda term: True,
+    "landmarks_only": lambda term: term in PRIORS + ("landmarks",),
+    "no_landmarks": lambda term: term != "landmarks",
+}
+ARGUMENTS = {"renderer": "gaussians|mesh", "losses": "|".join(LOSS_PRESETS)}
+
+
+def loss_weights() -> dict:
+  """`config.losses`: every term of `sheap_jax/training/losses.py` with its weight and options.
+  SHeaP's own weights are not public; these follow its peers:
+
+  - l1 0.8 / ssim 0.2: 3DGS's photometric mix (lambda_dssim = 0.2), which 2DGS keeps.
+  - perceptual 0.1 on DINOv2 block outputs (no VGG weights here): a guess, LPIPS-like scale.
+  - landmarks 0.1: a small weight, as SHeaP describes; distances in units of the image size.
+  - depth 10 (metres, so 1 mm costs 0.01) and normal 0.05 against the mesh: guesses scaled
+    like the photometric terms; depth_normal 0.05 and distortion 100 are 2DGS's lambda_n and
+    its unbounded-scene lambda_d.
+  - shape/expression priors 1e-4 (DECA's shape_reg / exp_reg); jaw and eyelid priors 1e-3
+    (guesses).
+  - gaussian_offset 0.01 (threshold 1) and gaussian_scale 1.0 (threshold 0.6): GaussianAvatars'
+    lambda_position and lambda_scaling; gaussian_opacity off.
+  """
+  return dict(
+      l1=dict(weight=0.8),
+      ssim=dict(weight=0.2, window_size=11, sigma=1.5),
+      perceptual=dict(weight=0.1),
+      landmarks=dict(weight=0.1, epsilon=1e-3),
+      depth=dict(weight=10.0, buffer="depth", min_alpha=0.5),
+      normal=dict(weight=0.05, min_alpha=0.5),
+      depth_normal=dict(weight=0.05, buffer="median_depth", min_alpha=0.5),
+      distortion=dict(weight=100.0),
+      shape_prior=dict(weight=1e-4),
+      expression_prior=dict(weight=1e-4),
+      jaw_prior=dict(weight=1e-3),
+      eyelid_prior=dict(weight=1e-3),
+      gaussian_offset=dict(weight=0.01, threshold=1.0),
+      gaussian_scale=dict(weight=1.0, threshold=0.6),
+      gaussian_opacity=dict(weight=0.0))
+
+
+def parse_arguments(arg: str):
+  """(presets, {name: value}) of `arg`, or one ValueError line naming what is accepted."""
+  presets, named = [], {}
+  for token in [t.strip() for t in arg.split(",") if t.strip()]:
+    name, sep, value = token.partition("=")
+    if not sep and token in PRESETS:
+      presets.append(token)
+    elif sep and name in ARGUMENTS and value:
+      named[name] = value
+    else:
+      raise ValueError(f"{_FILE}: unknown argument {token!r} in {arg!r}; accepted: "
+                       f"{', '.join(PRESETS)}, " +
+                       ", ".join(f"{k}=<{v}>" for k, v in ARGUMENTS.items()))
+  return presets, named
+
+
+def apply_arguments(c: ml_collections.ConfigDict, named: dict) -> ml_collections.ConfigDict:
+  """Edits `c` by named arguments ({"renderer": ..., "losses": ...}); the seed study
+  (`sheap_jax/loss_study.py`) applies its variants with it. Renderer names are checked where
+  they are used (`sheap_jax/training/renderers.py`)."""
+  for name, value in named.items():
+    if name == "renderer":
+      c.renderer = value
+    elif name == "losses":
+      if value not in LOSS_PRESETS:
+        raise ValueError(f"{_FILE}: losses={value!r}; accepted: {', '.join(LOSS_PRESETS)}")
+      for term in c.losses:
+        if not LOSS_PRESETS[value](term):
+          c.losses[term].weight = 0.0
+    else:
+      raise ValueError(f"{_FILE}: unknown argument {name!r}; accepted: {', '.join(ARGUMENTS)}")
+  return c
 
 
 CPU_SPLAT_REGIONS = ("face", "forehead", "left_ear", "right_ear", "eye_region", "left_eyeball",
@@ -16,9 +96,9 @@ CPU_SPLAT_REGIONS = ("face", "forehead", "left_ear", "right_ear", "eye_region", 
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  """`arg` picks a variant: "" (paper scale, ViT-B/16 at 224) or "cpu" (tiny, runs anywhere)."""
-  if arg not in ("", "cpu"):
-    raise ValueError(f"configs/base.py: unknown variant {arg!r}; expected '' or 'cpu'")
+  """`arg`: "" (paper scale, ViT-B/16 at 224) or "cpu" (tiny, runs anywhere), then named
+  arguments, e.g. "cpu,renderer=mesh,losses=landmarks_only"."""
+  presets, named = parse_arguments(arg)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.flame_path = ""  # real FLAME (file or directory); empty: the built-in procedural head
@@ -35,6 +115,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # `regions`: names of the head's vertex masks whose triangles carry Gaussians (the faces
   # with a vertex in one of them); empty: every triangle (objective.splat_faces).
   c.regressor = dict(width=256, depth=4, num_heads=4, gaussians_per_face=2, regions=())
+  # A fresh run (no checkpoint to resume) starts the predictor's encoders (`branches`: "vit",
+  # and "identity_vit" with shape_source="identity") from converted DINOv2 weights
+  # (`python -m sheap_jax.models.dinov2 convert`); empty: from scratch.
+  c.model_init = dict(dinov2_path="", branches=("vit",))
   # Frozen DINOv2 for the regressor's tokens and the perceptual loss; `path` = converted weights
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),
@@ -46,7 +130,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # "tiled" is the portable pure-JAX path, 60-200x slower there (README, Performance).
   c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0),
                   geometry_gradients="gaussians")
-  c.losses = losses.default_losses_config()
+  c.losses = loss_weights()
 
   # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets.
   c.data = dict(name="synthetic_heads", variant="small", data_dir="", split="train",
@@ -64,7 +148,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval_images = 64  # held-out identities scored by the NoW metric (synthetic_neutral)
   c.preview_every = 1_000
 
-  if arg == "cpu":
+  if "cpu" in presets:
     c.flame.n_shape, c.flame.n_expression = 50, 20
     c.model = dict(size="tiny", image_size=64, identity_dim=32, shape_source="vit",
                    output_tokens=True, remat=False)
@@ -95,4 +179,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval_every = 50
     c.eval_images = 16  # every validation identity of the `demo` data
     c.preview_every = 50
-  return c
+  return apply_arguments(c, named)

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from data.synthetic_heads import features as frame_features
-from sheap_jax import crop
+from sheap_jax.face import crop
 
 NUM_LANDMARKS = frame_features.NUM_LANDMARKS
 # iBUG 68 landmark i of a mirrored face is landmark FLIP_PERMUTATION[i] of the original.

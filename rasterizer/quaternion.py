@@ -1,7 +1,7 @@
 """Unit quaternions (w, x, y, z) to rotation matrices.
 
 The rasterizer stands alone, so the one quaternion implementation of the project lives here;
-`sheap_jax.rotation` re-exports it next to the axis-angle utilities.
+`sheap_jax.geometry.rotation` re-exports it next to the axis-angle utilities.
 """
 import jax.numpy as jnp
 

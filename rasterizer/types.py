@@ -1,6 +1,6 @@
 """Data passed between the rasterizer's stages: splats -> projected splats -> tile bins -> image.
 
-Conventions (stated once, used by every stage and by `sheap_jax.camera`):
+Conventions (stated once, used by every stage and by `sheap_jax.geometry.camera`):
 - Camera: OpenCV axes (x right, y down, z forward). `viewmat` is the 4x4 world-to-camera
   transform, `K` the 3x3 pinhole intrinsics.
 - Pixel centres: pixel (column i, row j) has its centre at continuous coordinates (i, j), as in

@@ -25,11 +25,13 @@ import re
 
 import tensorflow_datasets as tfds
 
-from sheap_jax import benchmarks
-from sheap_jax import expression_probe
-from sheap_jax import flame
-from sheap_jax import predictors
-from sheap_jax import scoring
+from data.synthetic_heads import assets
+from data.synthetic_heads import builder
+from sheap_jax.evaluation import benchmarks
+from sheap_jax.evaluation import expression_probe
+from sheap_jax.head import flame
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
 from sheap_jax.metrics import now_data
 
 SPLITS = {"train": None, "validation": "val", "test": "test"}  # synthetic split -> NoW list
@@ -89,13 +91,11 @@ def load_model(path):
   """FLAME from a path, or the built-in head the synthetic data was rendered with."""
   if path:
     return flame.load_flame(path)
-  from data.synthetic_heads import assets  # pylint: disable=import-outside-toplevel
   return assets.head_assets().model
 
 
 def synthetic_source(data_dir, config, split):
   """The split's random-access records, building the config into data_dir first if absent."""
-  from data.synthetic_heads import builder  # pylint: disable=import-outside-toplevel
   version_dir = os.path.join(data_dir, "synthetic_heads", config,
                              str(builder.SyntheticHeads.VERSION))
   if not os.path.isfile(os.path.join(version_dir, "dataset_info.json")):

@@ -4,6 +4,8 @@
     python -m sheap_jax.loss_study --config configs/base.py:cpu --workdir runs/study \
         --variants landmarks_only,no_landmarks,full --seeds 0,1,2
 
+A variant is a named argument of `configs/base.py` (`VARIANTS`: `landmarks_only` is
+`losses=landmarks_only`, `mesh_renderer` is `renderer=mesh`, ...), applied on top of --config.
 Each (variant, seed) is an ordinary training run in `<workdir>/<variant>/seed<k>` (rerunning the
 command resumes unfinished runs and skips finished ones). Every run uses the same config, data
 and step budget; only the variant's overrides and `config.seed` (initialisation and data order)
@@ -24,45 +26,29 @@ from absl import logging
 import ml_collections
 import numpy as np
 
-from sheap_jax import losses
+from configs import base
 from sheap_jax import train  # also defines the --config and --workdir flags
 
 _FILE = "sheap_jax/loss_study.py"
-# Terms that keep the FLAME parameters plausible: kept in every variant.
-PRIORS = ("shape_prior", "expression_prior", "jaw_prior", "eyelid_prior")
-
-
-def _landmarks_only(config):
-  for name in losses.registered_losses():
-    if name not in PRIORS + ("landmarks",):
-      config.losses[name].weight = 0.0
-
-
-def _no_landmarks(config):
-  config.losses.landmarks.weight = 0.0
-
-
-def _mesh_renderer(config):
-  config.renderer = "mesh"
-
-
-# name -> (what it trains with, config edit)
+# name -> (what it trains with, its named arguments of configs/base.py)
 VARIANTS = {
-    "full": ("the full objective (config.losses as given)", lambda config: None),
-    "landmarks_only": ("landmark reprojection and FLAME priors only", _landmarks_only),
-    "no_landmarks": ("photometric and geometry losses, landmark weight 0", _no_landmarks),
+    "full": ("the full objective (config.losses as given)", {}),
+    "landmarks_only": ("landmark reprojection and FLAME priors only",
+                       {"losses": "landmarks_only"}),
+    "no_landmarks": ("photometric and geometry losses, landmark weight 0",
+                     {"losses": "no_landmarks"}),
     "mesh_renderer": ("the full objective rendered by the textured-mesh baseline",
-                      _mesh_renderer),
+                      {"renderer": "mesh"}),
 }
 
 
 def variant_config(config: ml_collections.ConfigDict, variant: str, seed: int
                    ) -> ml_collections.ConfigDict:
-  """A copy of `config` with the variant's edits and `seed`."""
+  """A copy of `config` with the variant's named arguments and `seed`."""
   if variant not in VARIANTS:
     raise ValueError(f"{_FILE}: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
   config = ml_collections.ConfigDict(config.to_dict())
-  VARIANTS[variant][1](config)
+  base.apply_arguments(config, VARIANTS[variant][1])
   config.seed = seed
   # Runs are scored once, at their last step, and draw no previews: neither changes training.
   config.eval_every = config.total_steps

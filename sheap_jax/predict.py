@@ -37,11 +37,11 @@ import tqdm
 
 from data.video_folder import reader
 import rasterizer
-from sheap_jax import camera as camera_lib
-from sheap_jax import checkpoint_predictor
-from sheap_jax import crop
-from sheap_jax import export
-from sheap_jax import mesh_render
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.inference import checkpoint_predictor
+from sheap_jax.face import crop
+from sheap_jax.inference import export
+from sheap_jax.render import mesh_render
 
 DETECT_MAX_SIDE = 320  # frames are shrunk to this longest side for the face detector
 MESH_BACKGROUND = 0.2  # grey behind the mesh panel

@@ -10,7 +10,7 @@ run with `jax.shard_map` over a one-axis mesh of all devices. The loss is a mean
 parameters and optimiser state unchanged and is counted in `skipped_steps`.
 
 The workdir holds Orbax checkpoints (`checkpoints/<step>`: train state, data-iterator state,
-config; `sheap_jax/checkpoints.py`), `metrics.jsonl`, TensorBoard events and preview PNGs.
+config; `sheap_jax/training/checkpoints.py`), `metrics.jsonl`, TensorBoard events and preview PNGs.
 Rerunning the same command resumes from the newest checkpoint (refused, with the differing
 config fields named, if the config builds another parameter tree); SIGTERM saves one before
 exiting.
@@ -36,13 +36,15 @@ import optax
 from PIL import Image
 import tqdm
 
-from sheap_jax import benchmarks
-from sheap_jax import camera as camera_lib
-from sheap_jax import checkpoints
-from sheap_jax import flame as flame_lib
-from sheap_jax import mesh_render
-from sheap_jax import objective
-from sheap_jax import scoring
+from data import datasets
+from data import pairs
+from sheap_jax.evaluation import benchmarks
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.training import checkpoints
+from sheap_jax.head import flame as flame_lib
+from sheap_jax.render import mesh_render
+from sheap_jax.training import objective
+from sheap_jax.evaluation import scoring
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
@@ -187,39 +189,23 @@ def preview_image(out: objective.Reanimation, source_image, faces) -> np.ndarray
   return np.asarray(strip * 255 + 0.5).astype(np.uint8)
 
 
+def write_preview(workdir, step, reanimate, state, frozen, batch, flame_model):
+  """Renders the first device's pairs of the (local) batch on one device and writes the first
+  as `previews/<step>.png`."""
+  source = jnp.asarray(np.asarray(batch["source_image"])[0])
+  target = jnp.asarray(np.asarray(batch["target_image"])[0])
+  out = reanimate(jax.device_get(state.params), frozen, source, target)
+  strip = preview_image(out, source, flame_model.faces)
+  os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
+  Image.fromarray(strip).save(os.path.join(workdir, "previews", f"{step:08d}.png"))
+
+
 # ---------------------------------------------------------------------------------------------
-# The loop.
-
-
-def open_dataset(config):
-  """The TFDS builder of `config.data` (synthetic_heads/<variant> under `data_dir`), built first
-  when absent and `config.data.build_if_missing` is set."""
-  if config.data.name != "synthetic_heads":
-    raise ValueError(f"{_FILE}: config.data.name={config.data.name!r}; this loop reads "
-                     "'synthetic_heads' (other datasets with its record layout: add them here)")
-  # pylint: disable-next=import-outside-toplevel
-  from data.synthetic_heads import builder as synthetic_builder
-  data_dir = os.path.expanduser(config.data.data_dir or "~/tensorflow_datasets")
-  dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
-                                             file_format="array_record")
-  if not dataset.is_prepared():
-    if not config.data.build_if_missing:
-      raise FileNotFoundError(f"{_FILE}: synthetic_heads/{config.data.variant} is not built under "
-                              f"{data_dir} (set --config.data.build_if_missing=True)")
-    if jax.process_index() == 0:
-      logging.info("building synthetic_heads/%s under %s", config.data.variant, data_dir)
-      dataset.download_and_prepare()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      multihost_utils.sync_global_devices("synthetic_heads built")
-    dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
-                                               file_format="array_record")
-  return dataset
+# Data: the dataset `config.data.name` names (`data/datasets.py`), as frame pairs.
 
 
 def make_data_iterator(config, mesh: Mesh, dataset):
   """The pair iterator of `data/pairs.py` for this process's devices (with get_state/set_state)."""
-  from data import pairs  # pylint: disable=import-outside-toplevel
   local_devices = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
   if config.batch_size % mesh.devices.size:
     raise ValueError(f"{_FILE}: config.batch_size={config.batch_size} is not divisible by the "
@@ -245,7 +231,6 @@ def predict_neutral(networks, params, flame_model, images) -> jnp.ndarray:
 def validation_set(config, dataset, flame_model) -> Tuple[np.ndarray, np.ndarray, tuple]:
   """(images at the predictor's size, GT neutral meshes, identities): the first frame of each
   identity of `config.data.eval_split`, at most `config.eval_images` (`benchmarks`)."""
-  from data import pairs  # pylint: disable=import-outside-toplevel
   source = pairs.open_split(dataset, config.data.eval_split)
   return benchmarks.validation_set(flame_model, source, config.model.image_size,
                                    config.eval_images)
@@ -268,6 +253,21 @@ def validation_metrics(result, baseline) -> Dict[str, float]:
               ratio_high=paired.high, identities_better=paired.better, sign_p=paired.sign_p)
 
 
+def validation_line(results, split) -> str:
+  """One line: the model's median against the mean head's, ratio [lo, hi], sign test."""
+  m = results["model"]
+  return (f"synthetic_neutral on {m['num_identities']} {split} identities: median "
+          f"{m['median_mm']:.3f} mm (mean head {results['mean_head']['median_mm']:.3f} mm), "
+          f"ratio {m['ratio']:.3f} [{m['ratio_low']:.3f}, {m['ratio_high']:.3f}], "
+          f"{m['identities_better']}/{m['num_identities']} identities better "
+          f"(sign test p={m['sign_p']:.2g}), alpha {m['alpha']:.3f}, "
+          f"from_template_aligned_mm {m['from_template_aligned_mm']:.3f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop.
+
+
 def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
           validation: Optional[Tuple] = None,
           mesh: Optional[Mesh] = None, flame_model=None, stop_after: Optional[int] = None
@@ -288,7 +288,7 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   frozen = replicate(frozen_host, mesh)
   optimizer = make_optimizer(config)
   if data_iterator is None:
-    dataset = open_dataset(config)
+    dataset = datasets.open_dataset(config.data)
     data_iterator = make_data_iterator(config, mesh, dataset)
     validation = validation_set(config, dataset, flame_model) if config.eval_every else None
 
@@ -304,6 +304,8 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
     logging.info("resumed from step %d", int(state.step))
   else:
     state = jax.jit(lambda: init_state(networks, frozen, config, optimizer))()
+    params = objective.init_from_weights(state.params, config)  # config.model_init
+    state = state.replace(params=params, opt_state=optimizer.init(params))
   state = replicate(state, mesh)
 
   train_step = make_train_step(networks, config, optimizer, mesh)
@@ -380,29 +382,12 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   return state
 
 
-def validation_line(results, split) -> str:
-  """One line: the model's median against the mean head's, ratio [lo, hi], sign test."""
-  m = results["model"]
-  return (f"synthetic_neutral on {m['num_identities']} {split} identities: median "
-          f"{m['median_mm']:.3f} mm (mean head {results['mean_head']['median_mm']:.3f} mm), "
-          f"ratio {m['ratio']:.3f} [{m['ratio_low']:.3f}, {m['ratio_high']:.3f}], "
-          f"{m['identities_better']}/{m['num_identities']} identities better "
-          f"(sign test p={m['sign_p']:.2g}), alpha {m['alpha']:.3f}, "
-          f"from_template_aligned_mm {m['from_template_aligned_mm']:.3f}")
+# ---------------------------------------------------------------------------------------------
+# Command line.
 
 
-def write_preview(workdir, step, reanimate, state, frozen, batch, flame_model):
-  """Renders the first device's pairs of the (local) batch on one device and writes the first
-  as `previews/<step>.png`."""
-  source = jnp.asarray(np.asarray(batch["source_image"])[0])
-  target = jnp.asarray(np.asarray(batch["target_image"])[0])
-  out = reanimate(jax.device_get(state.params), frozen, source, target)
-  strip = preview_image(out, source, flame_model.faces)
-  os.makedirs(os.path.join(workdir, "previews"), exist_ok=True)
-  Image.fromarray(strip).save(os.path.join(workdir, "previews", f"{step:08d}.png"))
-
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (path[:variant]).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (path[:arguments], e.g. configs/base.py:cpu).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, previews.")
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from sheap_jax import camera as camera_lib
+from sheap_jax.geometry import camera as camera_lib
 
 
 def _random_camera(rng, batch=None):

@@ -13,8 +13,8 @@ import numpy as np
 import optax
 import pytest
 
-from sheap_jax import checkpoints
-from sheap_jax import flame_io
+from sheap_jax.training import checkpoints
+from sheap_jax.head import flame_io
 from sheap_jax import train
 from tests.test_objective import small_flame_assets, small_flame_model
 from tests.test_train import PER_DEVICE, PairBatches, sgd_config

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sheap_jax import crop
+from sheap_jax.face import crop
 
 
 def _release_rule(points, width, height, margin, shift_up):
@@ -201,5 +201,5 @@ def test_detector_finds_no_face_in_noise_and_iou():
     (lambda: crop.crop_image(np.zeros((8, 8)), [0, 0, 4, 4]), "image must be"),
 ])
 def test_bad_input_is_named(call, message):
-  with pytest.raises(ValueError, match=f"sheap_jax/crop.py: .*{message}"):
+  with pytest.raises(ValueError, match=f"sheap_jax/face/crop.py: .*{message}"):
     call()

@@ -13,19 +13,19 @@ import pytest
 
 from data.synthetic_heads import assets
 from data.synthetic_heads import builder
-from data.synthetic_heads import configs
-from sheap_jax import benchmarks
+from data.synthetic_heads import variants
+from sheap_jax.evaluation import benchmarks
 from sheap_jax import evaluate
-from sheap_jax import flame
-from sheap_jax import predictors
-from sheap_jax import scoring
+from sheap_jax.head import flame
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
 from sheap_jax import train
 from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
 
 # Two held-out identities, two frames each, 64 px: the smallest build that still has variety.
 EVAL_CONFIG = dataclasses.replace(
-    configs.BUILDER_CONFIGS[0], name="eval64", description="tests/test_evaluate.py",
+    variants.BUILDER_CONFIGS[0], name="eval64", description="tests/test_evaluate.py",
     image_size=64, texture_size=64, supersample=1, num_train=0, num_validation=2, num_test=0,
     frames_per_video=2, store_vertices=True)
 
@@ -224,11 +224,15 @@ def test_now_benchmark_on_a_hand_made_folder(source, tmp_path, capsys):
 def test_crop_face_box_pads_and_resizes():
   image = np.zeros((20, 30, 3), np.uint8)
   image[5:15, 10:20] = 255  # the box itself is white, outside black
-  crop = benchmarks.crop_face_box(image, (10, 5, 20, 15), size=36, enlargement=0.8)
+  # Pixel centres at integers: the white pixels span [9.5, 19.5] x [4.5, 14.5].
+  crop = benchmarks.crop_face_box(image, (9.5, 4.5, 19.5, 14.5), size=36, enlargement=0.8)
   assert crop.shape == (36, 36, 3) and crop.dtype == np.float32
-  # side 18 px -> 2 output px per input px; the box covers the central 20 output px.
-  assert crop[18, 18].min() == 1.0 and crop[1, 1].max() == 0.0
-  assert crop[9:27, 9:27].min() == 1.0
+  # Side 18 px -> 2 output px per input px; output column k samples x = 5.75 + k / 2 (row k:
+  # y = 0.75 + k / 2), bilinear between pixel centres: columns 9-26 all white, column 8 (x =
+  # 9.75) three quarters white, the padded corner black.
+  assert crop[1, 1].max() == 0.0 and crop[9:27, 9:27].min() == 1.0
+  np.testing.assert_allclose(crop[18, 8], 191 / 255)  # 0.75 * 255, stored as uint8
+  np.testing.assert_allclose(crop[8, 18], 191 / 255)
 
 
 def test_train_split_is_labelled_fitting(tmp_path, capsys):
@@ -258,7 +262,7 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_pa
       (["--benchmark", "now", "--now_dir", str(tmp_path / "absent")],
        "NoW dataset folder not found"),
       (["--predictor", "mean_hed"], "unknown predictor 'mean_hed'"),
-      (["--predictor", f"checkpoint:{tmp_path}"], "sheap_jax.checkpoint_predictor"),
+      (["--predictor", f"checkpoint:{tmp_path}"], "sheap_jax.inference.checkpoint_predictor"),
   ]
   for argv, message in cases:
     with pytest.raises(SystemExit):
@@ -274,7 +278,8 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_pa
 
 
 def test_checkpoint_predictor_plugs_in(monkeypatch, tmp_path):
-  """`checkpoint:DIR` hands DIR to sheap_jax.checkpoint_predictor.load once that module exists."""
+  """`checkpoint:DIR` hands DIR to sheap_jax.inference.checkpoint_predictor.load once that
+  module exists."""
   loaded = []
   module = types.ModuleType(predictors.CHECKPOINT_MODULE)
   module.__spec__ = importlib.machinery.ModuleSpec(predictors.CHECKPOINT_MODULE, None)

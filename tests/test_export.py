@@ -7,7 +7,7 @@ from scipy.spatial import transform
 import trimesh
 
 import rasterizer
-from sheap_jax import export
+from sheap_jax.inference import export
 
 STANDARD_3DGS = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
                  + [f"f_rest_{i}" for i in range(45)]

@@ -10,17 +10,17 @@ import pytest
 import scipy.special
 
 from data.synthetic_heads import builder
-from data.synthetic_heads import configs
+from data.synthetic_heads import variants
 from data.synthetic_heads import features as F
-from sheap_jax import benchmarks
+from sheap_jax.evaluation import benchmarks
 from sheap_jax import evaluate
-from sheap_jax import expression_probe
-from sheap_jax import predictors
+from sheap_jax.evaluation import expression_probe
+from sheap_jax.evaluation import predictors
 
 # 10 train and 4 held-out identities, 8 frames each at 32 px. Frames 3 s apart fall in
 # different expression segments (1-3 s long), so most frames are distinct labelled samples.
 PROBE_CONFIG = dataclasses.replace(
-    configs.BUILDER_CONFIGS[0], name="probe32", description="tests/test_expression_probe.py",
+    variants.BUILDER_CONFIGS[0], name="probe32", description="tests/test_expression_probe.py",
     image_size=32, texture_size=32, supersample=1, num_train=10, num_validation=4, num_test=0,
     frames_per_video=8, frame_interval=3.0, emotion_probability=1.0, store_vertices=False)
 

@@ -18,9 +18,9 @@ import scipy.sparse
 import torch
 
 from fixtures.flame_synthetic import synthetic_flame_assets
-from sheap_jax import flame
-from sheap_jax import flame_io
-from sheap_jax.flame_io import FlameFileError
+from sheap_jax.head import flame
+from sheap_jax.head import flame_io
+from sheap_jax.head.flame_io import FlameFileError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CHUMPY_DIR = os.path.join(FIXTURES, "flame_chumpy")
@@ -273,7 +273,7 @@ def test_convert_pt(tmp_path):
   for key, value in assets["landmark_embedding"].items():
     np.testing.assert_array_equal(loaded["landmark_embedding"][key], value)
   # Without torch the converter says so, and nothing else.
-  code = "from sheap_jax.flame_io import main; main(sys.argv[1:])"
+  code = "from sheap_jax.head.flame_io import main; main(sys.argv[1:])"
   result = _run_without_torch(code, "convert-pt", str(pt), str(tmp_path / "x.npy"))
   assert result.returncode != 0 and "convert-pt needs torch" in result.stderr
   assert "Traceback" not in result.stderr

@@ -11,7 +11,7 @@ from smplx.lbs import batch_rodrigues, lbs, vertices2landmarks
 from smplx.utils import rot_mat_to_euler
 
 from fixtures.flame_synthetic import synthetic_flame_assets
-from sheap_jax import flame
+from sheap_jax.head import flame
 
 forward = jax.jit(flame.flame_forward)
 

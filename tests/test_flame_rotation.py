@@ -1,4 +1,5 @@
-"""sheap_jax.rotation against scipy's Rotation on fresh random inputs, values and gradients."""
+"""sheap_jax.geometry.rotation against scipy's Rotation on fresh random inputs, values and
+gradients."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from rasterizer import quaternion as raster_quaternion
-from sheap_jax import rotation
+from sheap_jax.geometry import rotation
 
 # Jitted once per test session: eager op-by-op dispatch is what makes small tests slow on CPU.
 to_matrix = jax.jit(rotation.axis_angle_to_matrix)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sheap_jax import mesh_topology
+from sheap_jax.geometry import mesh_topology
 from sheap_jax.models.gaussians import GaussiansRegressor, face_layout
-from sheap_jax.rigging import rig_gaussians
+from sheap_jax.render.rigging import rig_gaussians
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_ratio=2, fourier_bands=2)
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sheap_jax import gradient_routing
+from sheap_jax.training import gradient_routing
 
 
 @struct.dataclass

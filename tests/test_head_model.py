@@ -11,9 +11,9 @@ import pytest
 from scipy import sparse
 from scipy.spatial.transform import Rotation
 
-from sheap_jax import flame
-from sheap_jax import flame_io
-from sheap_jax import head_model
+from sheap_jax.head import flame
+from sheap_jax.head import flame_io
+from sheap_jax.head import head_model
 
 LEFT_EYE_CENTRE = np.array([0.032, 0.030, 0.066])
 EYEBALL_RADIUS = 0.0125

@@ -8,7 +8,7 @@ import pytest
 
 from configs import base
 from sheap_jax import loss_study
-from sheap_jax import losses
+from sheap_jax.training import losses
 from sheap_jax import train
 
 

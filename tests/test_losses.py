@@ -1,4 +1,6 @@
 """Loss registry: every term against a known case or an independent reference; the config."""
+import inspect
+
 from absl import flags
 from flax import linen as nn
 import jax
@@ -9,10 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from configs import base
 from rasterizer.types import RasterOutput
-from sheap_jax import flame
-from sheap_jax import image_metrics
-from sheap_jax import losses
+from sheap_jax.head import flame
+from sheap_jax.training import image_metrics
+from sheap_jax.training import losses
 from sheap_jax.models import vit
 
 B, H, W = 2, 24, 20
@@ -317,10 +320,21 @@ def _full_context(rng):
       feature_fn=patch_features)
 
 
+def test_config_file_writes_out_every_term_with_its_options():
+  """configs/base.py lists each registered term with exactly the options its function takes,
+  at the function's defaults (a new term needs its line in the config)."""
+  config = base.loss_weights()
+  assert set(config) == set(losses.registered_losses())
+  for name, entry in config.items():
+    parameters = list(inspect.signature(losses._REGISTRY[name]).parameters.values())[1:]
+    assert {k: v for k, v in entry.items() if k != "weight"} == {
+        p.name: p.default for p in parameters}, name
+
+
 def test_default_config_covers_every_term_and_overrides_change_one_term():
   rng = np.random.default_rng(9)
   context = _full_context(rng)
-  config = losses.default_losses_config()
+  config = base.get_config().losses
   assert set(config.keys()) == set(losses.registered_losses())
   assert config.depth.buffer == "depth" and config.ssim.window_size == 11
   config.gaussian_opacity.weight = 0.5  # switched on, so every term is evaluated
@@ -354,7 +368,7 @@ def test_command_line_overrides_reach_the_terms():
           "--config.losses.landmarks.epsilon=0.01"]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_dict(
-      "config", ml_collections.ConfigDict({"losses": losses.default_losses_config()}),
+      "config", ml_collections.ConfigDict({"losses": base.loss_weights()}),
       flag_values=flag_values, sys_argv=argv)
   flag_values(argv)
   config = flag_values.config.losses
@@ -385,7 +399,7 @@ def test_total_loss_errors_name_the_problem():
 def test_total_loss_jits_and_differentiates():
   rng = np.random.default_rng(11)
   context = _full_context(rng)
-  config = losses.default_losses_config()
+  config = base.get_config().losses
 
   @jax.jit
   def step(color, offsets):

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sheap_jax import camera as camera_lib
-from sheap_jax import losses
-from sheap_jax import mesh_baseline
-from sheap_jax import mesh_render
-from sheap_jax import mesh_topology
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.training import losses
+from sheap_jax.render import mesh_baseline
+from sheap_jax.render import mesh_render
+from sheap_jax.geometry import mesh_topology
+from sheap_jax.geometry import shading
 
 SIZE = 32
 # One compiled single-image renderer shared by the tests.

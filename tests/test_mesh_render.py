@@ -6,10 +6,10 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from sheap_jax import camera as camera_lib
-from sheap_jax import mesh_render
-from sheap_jax import mesh_topology
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.render import mesh_render
+from sheap_jax.geometry import mesh_topology
+from sheap_jax.geometry import shading
 
 SIZE = 48
 

@@ -12,14 +12,14 @@ import pytest
 from scipy import spatial
 
 from configs import base
-from sheap_jax import camera as camera_lib
-from sheap_jax import checkpoints
-from sheap_jax import flame
-from sheap_jax import flame_io
-from sheap_jax import mesh_baseline
-from sheap_jax import objective
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.training import checkpoints
+from sheap_jax.head import flame
+from sheap_jax.head import flame_io
+from sheap_jax.render import mesh_baseline
+from sheap_jax.training import objective
 from sheap_jax import predict
-from sheap_jax import shading
+from sheap_jax.geometry import shading
 from sheap_jax import train
 from sheap_jax.models import dinov2
 from tests.fixtures.flame_synthetic import synthetic_flame_assets
@@ -284,7 +284,9 @@ def test_unknown_renderer_is_rejected(setup):
   bad = small_config()
   bad.renderer = "nerf"
   batch = random_batch(np.random.default_rng(5), 1)
-  with pytest.raises(ValueError, match="sheap_jax/objective.py: config.renderer='nerf'"):
+  expected = (r"sheap_jax/training/renderers.py: config.renderer='nerf'; registered renderers: "
+              r"\['gaussians', 'mesh'\]")
+  with pytest.raises(ValueError, match=expected):
     objective.reanimate(networks, params, frozen, bad, batch["source_image"],
                         batch["target_image"])
 

@@ -16,16 +16,16 @@ import pytest
 from skimage import data as skimage_data
 import trimesh
 
-from sheap_jax import camera
-from sheap_jax import checkpoints
-from sheap_jax import checkpoint_predictor
-from sheap_jax import crop
-from sheap_jax import flame
-from sheap_jax import flame_io
-from sheap_jax import objective
+from sheap_jax.geometry import camera
+from sheap_jax.training import checkpoints
+from sheap_jax.inference import checkpoint_predictor
+from sheap_jax.face import crop
+from sheap_jax.head import flame
+from sheap_jax.head import flame_io
+from sheap_jax.training import objective
 from sheap_jax import predict
-from sheap_jax import predictors
-from sheap_jax import rigging
+from sheap_jax.evaluation import predictors
+from sheap_jax.render import rigging
 from sheap_jax import train
 from tests.test_export import read_vertex_ply
 from tests.test_objective import perturbed_params, small_config, small_flame_model

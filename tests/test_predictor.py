@@ -4,9 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
+from sheap_jax.models import dinov2
 from sheap_jax.models import vit
 from sheap_jax.models.predictor import (PredictorOutput, SheapPredictor, build_encoder,
                                         init_from_dinov2)
+from sheap_jax.training import objective
 
 IMAGE = 32  # a 2 x 2 patch grid keeps the tiny models cheap
 SIZES = dict(n_shape=10, n_expression=6, identity_dim=8)
@@ -165,3 +168,29 @@ def test_bad_configuration_is_reported():
   with pytest.raises(ValueError, match="unknown shape_source 'facenet'"):
     jax.eval_shape(SheapPredictor(size="tiny", shape_source="facenet").init,
                    jax.random.key(0), _images(0))
+
+
+def test_config_model_init_starts_the_predictor_from_dinov2_weights(tmp_path):
+  """config.model_init.dinov2_path reaches init_from_dinov2 (training calls
+  objective.init_from_weights on a fresh state); an empty path leaves the params as they are."""
+  config = base.get_config("cpu")
+  networks = objective.build_networks(config)
+  size = config.model.image_size
+  params = {"predictor": networks.predictor.init(jax.random.key(1), jnp.zeros(
+      (1, size, size, 3)))["params"], "regressor": {"untouched": jnp.ones(2)}}
+  assert objective.init_from_weights(params, config) is params
+  arch = objective.dinov2_config(config)
+  dino_params = dinov2.build(arch).init(
+      jax.random.key(2), jnp.zeros((1, arch["patch_size"], arch["patch_size"], 3)))["params"]
+  path = str(tmp_path / "dinov2.msgpack")
+  dinov2.save(path, arch, dino_params)
+  config.model_init.dinov2_path = path
+  loaded = objective.init_from_weights(params, config)
+  expected = init_from_dinov2({"params": params["predictor"]}, dino_params, "vit")["params"]
+  jax.tree.map(np.testing.assert_array_equal, loaded["predictor"], expected)
+  fresh, copied = (jax.tree.leaves(p["predictor"]["vit"]["block_0"]) for p in (params, loaded))
+  assert any(not np.array_equal(a, b) for a, b in zip(fresh, copied))  # not the fresh init
+  assert loaded["regressor"] is params["regressor"]
+  config.model_init.branches = ("nope",)
+  with pytest.raises(ValueError, match="no encoder 'nope'"):
+    objective.init_from_weights(params, config)

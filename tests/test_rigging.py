@@ -6,8 +6,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from rasterizer.quaternion import quaternion_to_matrix
-from sheap_jax import mesh_topology
-from sheap_jax.rigging import LocalGaussians, face_frames, rig_gaussians
+from sheap_jax.geometry import mesh_topology
+from sheap_jax.render.rigging import LocalGaussians, face_frames, rig_gaussians
 
 BATCH, SLOTS = 2, 3  # one set of shapes, so each test reuses the same two compilations
 rig = jax.jit(rig_gaussians)

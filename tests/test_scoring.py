@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from bench import interval_coverage
-from sheap_jax import flame
-from sheap_jax import intervals
-from sheap_jax import predictors
-from sheap_jax import scoring
-from sheap_jax import shape_recovery
+from sheap_jax.head import flame
+from sheap_jax.evaluation import intervals
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
+from sheap_jax.evaluation import shape_recovery
 from sheap_jax.metrics import now
 from tests.test_objective import small_flame_model
 

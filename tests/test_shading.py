@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import eval_legendre, factorial, lpmv
 
-from sheap_jax import shading
+from sheap_jax.geometry import shading
 
 _BANDS = [(0, 0), (1, -1), (1, 0), (1, 1), (2, -2), (2, -1), (2, 0), (2, 1), (2, 2)]
 

@@ -18,18 +18,18 @@ import tensorflow_datasets as tfds
 
 from data import png
 from data.synthetic_heads import assets
-from data.synthetic_heads import configs
+from data.synthetic_heads import variants
 from data.synthetic_heads import detector
 from data.synthetic_heads import expressions
 from data.synthetic_heads import features as F
 from data.synthetic_heads import ground_truth
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame
-from sheap_jax import mesh_render
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame
+from sheap_jax.render import mesh_render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_CONFIG = dataclasses.replace(
-    configs.BUILDER_CONFIGS[0], name="test64", image_size=64, texture_size=128, supersample=2,
+    variants.BUILDER_CONFIGS[0], name="test64", image_size=64, texture_size=128, supersample=2,
     num_train=2, num_validation=1, num_test=1, frames_per_video=4, emotion_probability=1.0,
     occluder_probability=0.5, store_vertices=True,
     detector=detector.DetectorConfig(outlier_probability=0.05, failure_probability=0.1))

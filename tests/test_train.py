@@ -9,10 +9,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sheap_jax import checkpoints
-from sheap_jax import flame
-from sheap_jax import objective
-from sheap_jax import scoring
+from sheap_jax.training import checkpoints
+from sheap_jax.head import flame
+from sheap_jax.training import objective
+from sheap_jax.evaluation import scoring
 from sheap_jax import train
 from tests.test_objective import random_batch, small_config, small_flame_model
 

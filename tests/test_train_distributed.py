@@ -26,7 +26,8 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
     jax.distributed.initialize(coordinator_address=f"localhost:{port}",
                                num_processes=num_processes, process_id=process_id)
   import warnings  # pylint: disable=import-outside-toplevel
-  from sheap_jax import objective, train  # pylint: disable=import-outside-toplevel
+  from sheap_jax.training import objective
+  from sheap_jax import train  # pylint: disable=import-outside-toplevel
   from tests.test_objective import random_batch  # pylint: disable=import-outside-toplevel
   from tests.test_objective import small_flame_model  # pylint: disable=import-outside-toplevel
   from tests.test_train import sgd_config  # pylint: disable=import-outside-toplevel

@@ -11,7 +11,9 @@ import tensorflow_datasets as tfds
 
 from data.synthetic_heads import features as frame_features
 from data.video_folder import VideoFolder, VideoFolderConfig
-from sheap_jax import camera, flame, head_model, mesh_render, shading
+from sheap_jax.geometry import camera, shading
+from sheap_jax.head import flame, head_model
+from sheap_jax.render import mesh_render
 
 FRAME_W, FRAME_H = 160, 128
 HEAD_PX = 96

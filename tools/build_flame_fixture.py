@@ -15,7 +15,7 @@ numpy 1.x and 2.x, Python 2 and 3):
            few names chumpy needs from old numpy/inspect; numpy 2 then writes `numpy._core`
            paths and `_codecs.encode` payloads instead.
   npz      the project's chumpy-free .npz of the same arrays, written by
-           sheap_jax.flame_io.save_flame (Python 3, run from the repository root).
+           sheap_jax.head.flame_io.save_flame (Python 3, run from the repository root).
 
 The committed fixture (tests/fixtures/flame_chumpy/ and tests/fixtures/flame_chumpy.npz) was
 made with:
@@ -146,7 +146,7 @@ def write_chumpy_layout(out_dir, chumpy_dir):
 
 def write_npz(out_path):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from sheap_jax.flame_io import save_flame
+  from sheap_jax.head.flame_io import save_flame
   save_flame(out_path, fixture_arrays())
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sheap_jax import evaluate  # noqa: E402  pylint: disable=wrong-import-position
-from sheap_jax import shape_recovery  # noqa: E402  pylint: disable=wrong-import-position
+from sheap_jax.evaluation import shape_recovery  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def main():

@@ -1,7 +1,7 @@
 """The static part of every synthetic frame: the built-in head and what is built around it once.
 
 Nothing here depends on an identity; it is derived from the built-in head
-(`sheap_jax.head_model`) and cached per process:
+(`sheap_jax.head.head_model`) and cached per process:
 - the FLAME model of the head (`FlameModel`);
 - the hair shell's topology: a copy of the faces on and around the scalp, which each identity
   lifts off the skin by its own hairline and thickness (`body.hair_vertices`);
@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame
-from sheap_jax import head_model
-from sheap_jax import mesh_render
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame
+from sheap_jax.head import head_model
+from sheap_jax.render import mesh_render
 
 # Materials of the combined mesh's faces.
 HEAD, HAIR, TORSO = 0, 1, 2

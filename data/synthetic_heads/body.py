@@ -7,7 +7,7 @@ separate body hanging from FLAME's root joint.
 import jax.numpy as jnp
 
 from data.synthetic_heads import identity as identity_lib
-from sheap_jax import mesh_render
+from sheap_jax.render import mesh_render
 
 HAIR_BURY_DEPTH = 0.003  # bald shell vertices hide this far under the skin
 HAIR_RISE = 0.02  # the shell rises to full thickness over this height above the hairline (m)

@@ -12,7 +12,7 @@ PNG bytes.
 """
 import tensorflow_datasets as tfds
 
-from data.synthetic_heads import configs
+from data.synthetic_heads import variants
 from data.synthetic_heads import expressions
 from data.synthetic_heads import features
 
@@ -22,7 +22,7 @@ class SyntheticHeads(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = list(configs.BUILDER_CONFIGS)
+  BUILDER_CONFIGS = list(variants.BUILDER_CONFIGS)
   DEFAULT_CONFIG_NAME = "tiny"
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -1,13 +1,13 @@
 """Named expression prototypes in the built-in head's leading expression modes.
 
-Each prototype sets the semantic modes of `sheap_jax.head_model.EXPRESSION_MODES` (in units of
+Each prototype sets the semantic modes of `sheap_jax.head.head_model.EXPRESSION_MODES` (in units of
 their standard deviation), a jaw opening (radians) and eyelid closure. Frames drawn from a
 prototype carry its index in `features.EMOTIONS` as `gt_emotion`, for the expressiveness probe.
 """
 import numpy as np
 
 from data.synthetic_heads import features
-from sheap_jax import head_model
+from sheap_jax.head import head_model
 
 NUM_EXPRESSION = 100
 _MODE = {name: i for i, (name, _) in enumerate(head_model.EXPRESSION_MODES)}

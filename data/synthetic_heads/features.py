@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from data import png
 
 NUM_LANDMARKS = 68  # iBUG 68 order
-NUM_SH_COEFFS = 9  # order-2 spherical harmonics (sheap_jax.shading)
+NUM_SH_COEFFS = 9  # order-2 spherical harmonics (sheap_jax.geometry.shading)
 GT_PREFIX = "gt_"
 # Labels of `gt_emotion` (index into this tuple); -1: expression not drawn from a prototype.
 EMOTIONS = ("neutral", "happy", "sad", "surprise", "fear", "anger", "disgust")

@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from data.synthetic_heads import assets as assets_lib
-from data.synthetic_heads import configs
+from data.synthetic_heads import variants
 from data.synthetic_heads import detector
 from data.synthetic_heads import features as F
 from data.synthetic_heads import identity as identity_lib
 from data.synthetic_heads import render
 from data.synthetic_heads import texture
 from data.synthetic_heads import trajectories
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame
 
 _IDENTITY, _SCRIPT, _DETECTOR = 0, 1, 2  # purposes in the seed sequence
 
@@ -25,7 +25,7 @@ _IDENTITY, _SCRIPT, _DETECTOR = 0, 1, 2  # purposes in the seed sequence
 class FrameGenerator:
   """Builds the static scene once, then renders any identity's frames."""
 
-  def __init__(self, config: configs.SyntheticHeadsConfig):
+  def __init__(self, config: variants.SyntheticHeadsConfig):
     self.config = config
     self.static = assets_lib.head_assets()
     self.scene = render.build_scene(self.static)

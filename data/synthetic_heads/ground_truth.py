@@ -9,7 +9,7 @@ import numpy as np
 
 from data.synthetic_heads import assets
 from data.synthetic_heads import features as F
-from sheap_jax import flame
+from sheap_jax.head import flame
 
 
 def neutral_vertices(record) -> np.ndarray:

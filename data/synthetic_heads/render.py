@@ -17,11 +17,11 @@ from data.synthetic_heads import assets as assets_lib
 from data.synthetic_heads import body
 from data.synthetic_heads import identity as identity_lib
 from data.synthetic_heads import trajectories
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame
-from sheap_jax import mesh_render
-from sheap_jax import shading
-from sheap_jax.rotation import axis_angle_to_matrix
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame
+from sheap_jax.render import mesh_render
+from sheap_jax.geometry import shading
+from sheap_jax.geometry.rotation import axis_angle_to_matrix
 
 VISIBLE_DEPTH = 0.004  # metres between a landmark and the surface seen at its pixel
 SENSOR_NOISE = 0.006  # standard deviation of per-pixel noise on [0, 1] images

@@ -10,7 +10,7 @@ from flax import struct
 import numpy as np
 
 from data.synthetic_heads import expressions
-from sheap_jax import shading
+from sheap_jax.geometry import shading
 
 NUM_BLOBS = 4
 LABEL_BLEND = 0.9  # a frame carries a prototype's label when its weight is at least this

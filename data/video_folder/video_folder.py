@@ -4,7 +4,7 @@ Point `manual_dir` at a folder of videos and/or frame folders (see `reader.py` f
 the optional landmark files). Each usable video becomes consecutive records, one per frame, with
 the same training features and record layout as `synthetic_heads` (data/synthetic_heads/
 features.py), so the pair pipeline reads both. Crops follow SHeaP's video rule
-(`sheap_jax.crop`): a box from the frame's 68 landmarks when given, otherwise from the
+(`sheap_jax.face.crop`): a box from the frame's 68 landmarks when given, otherwise from the
 scikit-image face detector, enlarged, moved up, clamped to the frame and smoothed over frames.
 
 A video that cannot be decoded, has fewer than `min_frames` frames, or shows no face is skipped:
@@ -20,7 +20,7 @@ import tensorflow_datasets as tfds
 
 from data.synthetic_heads import features as frame_features
 from data.video_folder import reader
-from sheap_jax import crop
+from sheap_jax.face import crop
 
 VIDEO_NAME = "video_name"  # bytes: the source's path relative to manual_dir
 CROP_BOX = "crop_box"  # (4,) float32 (x0, y0, x1, y1) of the crop in the source frame's pixels

@@ -1,6 +1,6 @@
 """Rotated rectangles in a frame, the square model inputs cut from them, and the way back.
 
-Coordinates follow the project (sheap_jax/crop.py): pixel (column i, row j) is centred at
+Coordinates follow the project (sheap_jax/face/crop.py): pixel (column i, row j) is centred at
 (i, j). A model input ("tensor") of S x S pixels covers the rectangle edge to edge: its
 continuous coordinate u in [0, S] (what the TFLite models output, in tensor pixels) sits at
 u / S - 1/2 of the rectangle's width from its centre, along the rectangle's rotated x axis.

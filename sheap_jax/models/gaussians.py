@@ -11,7 +11,7 @@ when given, UV centroid) and the identity features f. Each block then
 with the exchange's and the MLP's inputs FiLM-modulated by f (LayerNorm, then
 x (1 + gamma(f)) + beta(f), the modulation zero-initialised). A final layer gives K Gaussians
 per face, each with a local offset (3), rotation (4), two disc scales (2), opacity (1) and
-features (C), in the triangle-local units of `sheap_jax.rigging` (offsets and scales in
+features (C), in the triangle-local units of `sheap_jax.render.rigging` (offsets and scales in
 multiples of the face scale k). Initial outputs are sensible splats: slots spread on a small
 circle around the centroid, flat in the face plane, scale `init_scale / sqrt(K)` times k,
 opacity `init_opacity`, albedo grey (0.5); the final layer starts small (not zero) so that
@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sheap_jax import mesh_topology
-from sheap_jax.rigging import LocalGaussians
+from sheap_jax.geometry import mesh_topology
+from sheap_jax.render.rigging import LocalGaussians
 
 # Per-Gaussian values before activation: offset 3, quaternion 4, scales 2, opacity 1.
 _GEOMETRY_DIMS = 3 + 4 + 2 + 1

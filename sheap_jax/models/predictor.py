@@ -12,7 +12,7 @@ camera offset and no lighting offset, for any image. The conventions those zeros
 - `camera_translation` (metres, OpenCV camera axes) is added to the default framing's
   world-to-camera translation (head 1 m in front of the camera, DESIGN.md 3);
 - `lighting` (9, 3) is added to the objective's default second-order SH environment (per
-  colour channel, the coefficients `sheap_jax.shading` takes), so zero means default light.
+  colour channel, the coefficients `sheap_jax.geometry.shading` takes), so zero means default light.
 The identity features start random (a FLAME-free latent; a zero vector would switch off the
 Gaussians Regressor's conditioning at the start).
 

@@ -26,14 +26,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import rasterizer
-from sheap_jax import camera as camera_lib
-from sheap_jax import checkpoints
-from sheap_jax import flame as flame_lib
-from sheap_jax import objective
-from sheap_jax import rigging
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.training import checkpoints
+from sheap_jax.head import flame as flame_lib
+from sheap_jax.training import objective
+from sheap_jax.render import rigging
 from sheap_jax.models import dinov2
 
-_FILE = "sheap_jax/checkpoint_predictor.py"
+_FILE = "sheap_jax/inference/checkpoint_predictor.py"
 
 
 @struct.dataclass
@@ -136,8 +136,8 @@ def load(directory: str, step: Optional[int] = None) -> CheckpointPredictor:
   checkpoints_dir = checkpoints.checkpoints_dir(directory)
   steps = ocp.utils.checkpoint_steps(checkpoints_dir) if os.path.isdir(checkpoints_dir) else []
   if not steps:
-    raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (sheap_jax.checkpoint_predictor"
-                     ".load expects a training workdir with checkpoints/<step>/, as `python -m "
+    raise ValueError(f"{_FILE}: {directory!r} holds no checkpoint (checkpoint_predictor.load "
+                     "expects a training workdir with checkpoints/<step>/, as `python -m "
                      "sheap_jax.train` writes)")
   if step is not None and step not in steps:
     raise ValueError(f"{_FILE}: {directory!r} has no checkpoint of step {step} (has "

@@ -18,7 +18,7 @@ eyelids and translation:
 - `oracle_truncated:K`: the true shape's first K coefficients, the rest zero: the best a
   K-component shape model can do.
 `get_predictor("checkpoint:DIR")` loads a trained model through
-`sheap_jax.checkpoint_predictor.load(DIR)`, a module the training code provides.
+`sheap_jax.inference.checkpoint_predictor.load(DIR)`, a module the training code provides.
 """
 import dataclasses
 import functools
@@ -29,12 +29,12 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from sheap_jax import flame
+from sheap_jax.head import flame
 
 Predictor = Callable[[jnp.ndarray, dict], flame.FlameParams]
 GROUND_TRUTH_PREFIX = "gt_"
 CHECKPOINT_PREFIX = "checkpoint:"
-CHECKPOINT_MODULE = "sheap_jax.checkpoint_predictor"
+CHECKPOINT_MODULE = "sheap_jax.inference.checkpoint_predictor"
 NOISE_SEED = 0
 
 
@@ -98,7 +98,7 @@ CALIBRATION = {
 
 
 def load_checkpoint_predictor(directory):
-  """The predictor of a training checkpoint, via `sheap_jax.checkpoint_predictor.load`."""
+  """The predictor of a training checkpoint, via `sheap_jax.inference.checkpoint_predictor.load`."""
   if importlib.util.find_spec(CHECKPOINT_MODULE) is None:
     raise ValueError(f"cannot load checkpoint {directory!r}: {CHECKPOINT_MODULE} is not available "
                      "in this version (checkpoint predictors arrive with the training code); "

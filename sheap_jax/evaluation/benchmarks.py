@@ -1,4 +1,4 @@
-"""Geometry benchmarks: any predictor, scored with the NoW protocol (`sheap_jax.scoring`).
+"""Geometry benchmarks: any predictor, scored with the NoW protocol (`evaluation.scoring`).
 
 - `synthetic_neutral`: identities of `synthetic_heads` (held out, or the training ones to
   measure fitting). Each scored frame's predicted shape gives a neutral mesh (zero pose,
@@ -13,7 +13,7 @@
 - `now`: real NoW images, cropped around NoW's face box, predicted neutral meshes written in the
   official layout (`now_data.write_prediction`), then scored against the scans.
 - `expression_probe`: not geometry but expressiveness: a linear classifier
-  (`sheap_jax.expression_probe`) fitted on the predicted expressions of the train identities'
+  (`evaluation.expression_probe`) fitted on the predicted expressions of the train identities'
   emotion-labelled frames names the emotion of held-out identities' frames.
 Which frames: `select_frames` (evenly spaced frames of every video, identities interleaved);
 `evaluate` scores 2 per identity (first and last) on `synthetic_neutral`, 4 on
@@ -29,17 +29,18 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from data.synthetic_heads import assets
 from data.synthetic_heads import features as F
-from sheap_jax import expression_probe as probe_lib
-from sheap_jax import flame
-from sheap_jax import intervals
-from sheap_jax import predictors
-from sheap_jax import scoring
-from sheap_jax import shape_recovery
+from sheap_jax.face import crop
+from sheap_jax.evaluation import expression_probe as probe_lib
+from sheap_jax.head import flame
+from sheap_jax.evaluation import intervals
+from sheap_jax.evaluation import predictors
+from sheap_jax.evaluation import scoring
+from sheap_jax.evaluation import shape_recovery
 from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
 
-NOW_FACE_BOX_ENLARGEMENT = 0.8  # SHeaP's NoW crop: the detected box grown by 80%
 PREDICTOR_IMAGE_SIZE = 224
 BASELINE = "mean_head"  # what every ratio is relative to
 RECOVERY_KEYS = ("alpha", "cos", "aligned_rms_mm", "from_template_aligned_mm")
@@ -148,7 +149,6 @@ def _check_model_matches(model, examples):
                        "benchmarks need the built-in head the data was rendered with (omit "
                        "--flame)")
   if not stored:
-    from data.synthetic_heads import assets  # pylint: disable=import-outside-toplevel
     rendered_with = assets.head_assets().model.num_vertices
     if model.num_vertices != rendered_with:
       raise ValueError(f"the synthetic frames were rendered with the built-in head "
@@ -261,16 +261,12 @@ def expression_probe(predictor, train_source, test_source, max_items=None, batch
   return probe_lib.evaluate(*splits["train"], *splits["held-out"], F.EMOTIONS, l2)
 
 
-def crop_face_box(image, box, size=PREDICTOR_IMAGE_SIZE, enlargement=NOW_FACE_BOX_ENLARGEMENT):
-  """SHeaP's NoW crop: the box grown by `enlargement` about its centre, padded to a square
-  (black outside the image), resized to size x size. (H, W, 3) uint8 -> float32 [0, 1]."""
-  left, top, right, bottom = np.asarray(box, np.float64)
-  side = (1 + enlargement) * max(right - left, bottom - top)
-  cx, cy = (left + right) / 2, (top + bottom) / 2
-  square = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2,
-                                         cy + side / 2))
-  crop = Image.fromarray(np.asarray(image, np.uint8)).crop(square)
-  return np.asarray(crop.resize((size, size), Image.BILINEAR), np.float32) / 255
+def crop_face_box(image, box, size=PREDICTOR_IMAGE_SIZE, enlargement=crop.NOW_ENLARGE):
+  """SHeaP's NoW crop (`crop.now_box`: the box grown by `enlargement`, padded to a square;
+  black outside the image), resampled to size x size by `crop.crop_image`. (H, W, 3) uint8 ->
+  float32 [0, 1]."""
+  pixels = crop.crop_image(np.asarray(image, np.uint8), crop.now_box(box, enlargement), size)
+  return pixels.astype(np.float32) / 255
 
 
 def _read_now_image(dataset, image, box, size):

@@ -15,7 +15,7 @@ it does not know, so reading a file never runs code from it. Any problem with a 
 `FlameFileError` naming the file and what is wrong.
 
 Command line, for files only torch can read (torch.save's .pt, e.g. SHeaP's eyelids):
-  python -m sheap_jax.flame_io convert-pt IN.pt OUT.npy
+  python -m sheap_jax.head.flame_io convert-pt IN.pt OUT.npy
 """
 import argparse
 import io
@@ -126,7 +126,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if module.split(".")[0] == "torch":
       raise FlameFileError(
           self._path, f"holds torch objects ({module}.{name}) that need torch to read; convert "
-          f"it once with `python -m sheap_jax.flame_io convert-pt {self._path} OUT.npy`")
+          f"it once with `python -m sheap_jax.head.flame_io convert-pt {self._path} OUT.npy`")
     raise FlameFileError(self._path, f"unexpected class {module}.{name} in the pickle "
                          "(not a FLAME file, or a FLAME file holding something unsupported)")
 
@@ -168,7 +168,7 @@ class _TorchStorageUnpickler(pickle.Unpickler):
     _, dtype, key, _, numel = pid[:5]
     if len(pid) > 5 and pid[5] is not None:
       raise FlameFileError(self._path, "holds a torch storage view (torch < 1.0); convert it "
-                           "with `python -m sheap_jax.flame_io convert-pt`")
+                           "with `python -m sheap_jax.head.flame_io convert-pt`")
     self.storages[key] = (dtype, int(numel))
     return key
 
@@ -654,7 +654,7 @@ def convert_torch_file(in_path, out_path):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m sheap_jax.flame_io", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m sheap_jax.head.flame_io", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   convert = commands.add_parser(

@@ -7,7 +7,7 @@ numbers out: nothing here knows about networks, predictors or datasets.
 """
 import numpy as np
 
-from sheap_jax import flame
+from sheap_jax.head import flame
 from sheap_jax.metrics import now
 
 # How a split's identities relate to training, printed beside every score of them.

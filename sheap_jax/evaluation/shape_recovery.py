@@ -21,7 +21,7 @@ and |Δ_pred| (how far the prediction moved from the template, `from_template_al
 """
 import numpy as np
 
-from sheap_jax import scoring
+from sheap_jax.evaluation import scoring
 
 _ZERO = 1e-18  # |Δ_pred|² below this share of |Δ_true|² is float64 rounding of zero
 

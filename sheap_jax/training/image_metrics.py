@@ -12,7 +12,8 @@ import numpy as np
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
   """(size,) normalised 1-D Gaussian taps centred on the middle tap."""
   if size < 1 or size % 2 == 0:
-    raise ValueError(f"sheap_jax/image_metrics.py: window size must be odd and >= 1, got {size}")
+    raise ValueError("sheap_jax/training/image_metrics.py: "
+                     f"window size must be odd and >= 1, got {size}")
   offsets = np.arange(size, dtype=np.float64) - size // 2
   taps = np.exp(-offsets ** 2 / (2.0 * sigma ** 2))
   return (taps / taps.sum()).astype(np.float32)
@@ -40,7 +41,8 @@ def ssim_map(a: jnp.ndarray, b: jnp.ndarray, window_size: int = 11, sigma: float
              data_range: float = 1.0) -> jnp.ndarray:
   """Per-pixel, per-channel SSIM (B, H, W, C) of two (B, H, W, C) images; 1 where they agree."""
   if a.shape != b.shape or a.ndim != 4:
-    raise ValueError("sheap_jax/image_metrics.py: ssim needs two (B, H, W, C) images of one shape, "
+    raise ValueError("sheap_jax/training/image_metrics.py: "
+                     "ssim needs two (B, H, W, C) images of one shape, "
                      f"got {tuple(a.shape)} and {tuple(b.shape)}")
   taps = gaussian_window(window_size, sigma)
   c1 = (0.01 * data_range) ** 2

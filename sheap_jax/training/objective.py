@@ -33,23 +33,23 @@ import jax.numpy as jnp
 import numpy as np
 
 import rasterizer
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame as flame_lib
-from sheap_jax import head_model
-from sheap_jax import flame_io
-from sheap_jax import gradient_routing
-from sheap_jax import losses
-from sheap_jax import mesh_baseline
-from sheap_jax import mesh_render
-from sheap_jax import rigging
-from sheap_jax import rotation
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame as flame_lib
+from sheap_jax.head import head_model
+from sheap_jax.head import flame_io
+from sheap_jax.training import gradient_routing
+from sheap_jax.training import losses
+from sheap_jax.training import renderers
+from sheap_jax.render import mesh_baseline
+from sheap_jax.render import mesh_render
+from sheap_jax.render import rigging
+from sheap_jax.geometry import rotation
+from sheap_jax.geometry import shading
 from sheap_jax.models import dinov2
 from sheap_jax.models import gaussians
 from sheap_jax.models import predictor as predictor_lib
 
-_FILE = "sheap_jax/objective.py"
-RENDERERS = ("gaussians", "mesh")
+_FILE = "sheap_jax/training/objective.py"
 # Terms that read quantities only splats have: mesh depth/normals against themselves, the 2DGS
 # distortion (0 for one opaque surface) and the Gaussian regularisers. The mesh renderer skips
 # them (as if their weight were 0); `depth_normal` stays: on the mesh it compares the smooth
@@ -115,12 +115,6 @@ class Reanimation:
   texture: Optional[jnp.ndarray] = None  # (B, T, T, 3) predicted UV albedo, renderer "mesh"
 
 
-def _check_renderer(config) -> None:
-  if config.renderer not in RENDERERS:
-    raise ValueError(f"{_FILE}: config.renderer={config.renderer!r}; implemented renderers: "
-                     f"{RENDERERS}")
-
-
 @functools.lru_cache(maxsize=1)
 def _head_assets(flame_path: str) -> dict:
   """The head's FLAME assets: real FLAME from `flame_path`, else the built-in procedural head.
@@ -141,7 +135,7 @@ def load_mesh_topology(config, flame_model: flame_lib.FlameModel) -> mesh_baseli
   `config` names (FLAME's head_template.obj, or the built-in head's atlas)."""
   path = config.get("flame_path") or ""
   assets = _head_assets(path)
-  where = path or "the built-in head (sheap_jax/head_model.py)"
+  where = path or "the built-in head (sheap_jax/head/head_model.py)"
   if "vt" not in assets:
     raise flame_io.FlameFileError(
         where, f"has no UV coordinates, which config.renderer='mesh' needs: put FLAME's "
@@ -159,23 +153,17 @@ def build_networks(config) -> Networks:
   """Modules from `config.model`, `config.regressor` (the appearance network, whichever the
   renderer), `config.dinov2` and `config.flame`; for the mesh renderer, `config.albedo` (when
   present) overrides `AlbedoHead` fields, e.g. texture_size and grid_size."""
-  _check_renderer(config)
-  m, r = config.model, config.regressor
+  renderer = renderers.get(config.renderer)
+  m = config.model
   dtype = jnp.bfloat16 if config.get("bfloat16") else jnp.float32
   predictor = predictor_lib.SheapPredictor(
       size=m.size, image_size=m.image_size, n_shape=config.flame.n_shape,
       n_expression=config.flame.n_expression, identity_dim=m.identity_dim,
       shape_source=m.shape_source, output_tokens=m.output_tokens, remat=m.remat, dtype=dtype)
   encoder = dinov2.build(dinov2_config(config), dtype=dtype)
-  if config.renderer == "mesh":
-    options = dict(width=r.width, num_heads=r.num_heads)
-    options.update(dict(config.get("albedo") or {}))
-    return Networks(predictor=predictor, regressor=None, dinov2=encoder,
-                    albedo=mesh_baseline.AlbedoHead(**options))
-  regressor = gaussians.GaussiansRegressor(
-      width=r.width, depth=r.depth, num_heads=r.num_heads,
-      gaussians_per_face=r.gaussians_per_face, feature_dim=3, dtype=dtype)
-  return Networks(predictor=predictor, regressor=regressor, dinov2=encoder)
+  appearance = dict(regressor=None, albedo=None)
+  appearance[renderer.param_key] = renderer.build_network(config, dtype)
+  return Networks(predictor=predictor, dinov2=encoder, **appearance)
 
 
 def dinov2_config(config) -> Dict[str, Any]:
@@ -209,21 +197,10 @@ def build_frozen(config, flame_model: flame_lib.FlameModel) -> Frozen:
   """The frozen inputs: the renderer's topology (face layout of the triangles that carry
   Gaussians, or the textured mesh for the mesh renderer) and DINOv2 weights (converted weights
   from `config.dinov2.path`, else a seeded random encoder, with a warning)."""
-  _check_renderer(config)
-  faces = None
-  if config.renderer == "mesh":
-    layout, mesh = None, load_mesh_topology(config, flame_model)
-  else:
-    path = config.get("flame_path") or ""
-    faces = splat_faces(flame_model.faces, _head_assets(path).get("masks") or {},
-                        tuple(config.regressor.get("regions") or ()),
-                        path or "the built-in head (sheap_jax/head_model.py)")
-    layout = gaussians.face_layout(faces, np.asarray(flame_model.v_template))
-    mesh = None
+  topology = renderers.get(config.renderer).build_topology(config, flame_model)
   _, params = dinov2.load_or_init(config.dinov2.get("path"), dinov2_config(config),
                                   seed=config.seed)
-  return Frozen(flame=flame_model, layout=layout, dinov2=params, mesh=mesh,
-                splat_faces=None if faces is None else jnp.asarray(faces, jnp.int32))
+  return Frozen(flame=flame_model, dinov2=params, **topology)
 
 
 def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, Any]:
@@ -231,6 +208,7 @@ def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, An
   {"predictor", "albedo"} for the mesh renderer."""
   size = config.model.image_size
   num_patches = _dinov2_num_patches(config)
+  renderer = renderers.get(config.renderer)
 
   @jax.jit
   def init(rng, layout):
@@ -238,15 +216,26 @@ def init_params(networks: Networks, frozen: Frozen, config, rng) -> Dict[str, An
     images = jnp.zeros((1, size, size, 3), jnp.float32)
     tokens = jnp.zeros((1, num_patches, networks.dinov2.width), jnp.float32)
     identity = jnp.zeros((1, config.model.identity_dim), jnp.float32)
-    params = {"predictor": networks.predictor.init(predictor_rng, images)["params"]}
-    if networks.albedo is not None:
-      params["albedo"] = networks.albedo.init(appearance_rng, identity, tokens)["params"]
-    else:
-      params["regressor"] = networks.regressor.init(appearance_rng, identity, tokens,
-                                                    layout)["params"]
-    return params
+    return {"predictor": networks.predictor.init(predictor_rng, images)["params"],
+            renderer.param_key: renderer.init(getattr(networks, renderer.param_key),
+                                              appearance_rng, identity, tokens, layout)}
 
   return init(rng, frozen.layout)
+
+
+def init_from_weights(params, config) -> Dict[str, Any]:
+  """Fresh `params` with the predictor's encoders (`config.model_init.branches`) initialised
+  from the converted DINOv2 weights at `config.model_init.dinov2_path`
+  (`predictor.init_from_dinov2`); unchanged (from scratch) when the path is empty. Training
+  calls it only when there is no checkpoint to resume."""
+  model_init = config.get("model_init") or {}
+  if not model_init.get("dinov2_path"):
+    return params
+  _, weights = dinov2.load(model_init["dinov2_path"])
+  predictor = {"params": params["predictor"]}
+  for branch in model_init.get("branches") or ("vit",):
+    predictor = predictor_lib.init_from_dinov2(predictor, weights, branch)
+  return {**params, "predictor": predictor["params"]}
 
 
 def _dinov2_num_patches(config) -> int:
@@ -331,7 +320,7 @@ def render_splats(config, local, vertices, faces, viewmats, Ks, lighting, backgr
 def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: jnp.ndarray,
               target_image: jnp.ndarray) -> Reanimation:
   """Renders the target frame from the pair (images (B, S, S, 3) at `config.model.image_size`)."""
-  _check_renderer(config)
+  renderer = renderers.get(config.renderer)
   batch = source_image.shape[0]
   both = networks.predictor.apply({"params": params["predictor"]},
                                   jnp.concatenate([source_image, target_image], axis=0))
@@ -349,22 +338,9 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   lighting = DEFAULT_LIGHTING + source.lighting
   background = jnp.asarray(config.render.background, jnp.float32)
 
-  local = texture = None
-  if config.renderer == "mesh":
-    texture = networks.albedo.apply({"params": params["albedo"]}, source.identity, tokens)
-    render = mesh_baseline.render(
-        flame_out.vertices, frozen.mesh,
-        camera_lib.Camera(K=Ks, viewmat=viewmats, width=size, height=size), texture, lighting,
-        background)
-    depth, normals = jax.lax.stop_gradient((render.depth, render.normals))
-    mask = (depth > 0).astype(jnp.float32)
-  else:
-    local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
-                                     frozen.layout)
-    render = render_splats(config, local, flame_out.vertices, frozen.splat_faces, viewmats, Ks,
-                           lighting, background)
-    depth, normals, mask = _render_mesh_buffers(flame_out.vertices, frozen.splat_faces, Ks,
-                                                viewmats, size)
+  render, (depth, normals, mask), local, texture = renderer.draw(
+      networks, params, frozen, config, source, tokens, flame_out.vertices, Ks, viewmats,
+      lighting, background)
 
   landmarks = jax.vmap(lambda K_, v, p: camera_lib.project(
       K_, camera_lib.world_to_camera(v, p)))(Ks, viewmats, flame_out.landmarks68)
@@ -372,6 +348,70 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
       render=render, image=resize_images(target_image, size), vertices=flame_out.vertices,
       landmarks=landmarks, Ks=Ks, viewmats=viewmats, mesh_depth=depth, mesh_normals=normals,
       mesh_mask=mask, source=source, target=target, local_gaussians=local, texture=texture)
+
+
+def _draw_gaussians(networks, params, frozen, config, source, tokens, vertices, Ks, viewmats,
+                    lighting, background):
+  """SHeaP: the Gaussians Regressor's splats rigged to the mesh, drawn by the 2DGS rasteriser;
+  the mesh's own buffers come from the z-buffer renderer."""
+  local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
+                                   frozen.layout)
+  render = render_splats(config, local, vertices, frozen.splat_faces, viewmats, Ks, lighting,
+                         background)
+  buffers = _render_mesh_buffers(vertices, frozen.splat_faces, Ks, viewmats, config.render.size)
+  return render, buffers, local, None
+
+
+def _draw_mesh(networks, params, frozen, config, source, tokens, vertices, Ks, viewmats,
+               lighting, background):
+  """The baseline: the FLAME mesh with the albedo head's UV texture; its own depth and normals
+  (stop-gradient) are the mesh buffers."""
+  size = config.render.size
+  texture = networks.albedo.apply({"params": params["albedo"]}, source.identity, tokens)
+  render = mesh_baseline.render(
+      vertices, frozen.mesh, camera_lib.Camera(K=Ks, viewmat=viewmats, width=size, height=size),
+      texture, lighting, background)
+  depth, normals = jax.lax.stop_gradient((render.depth, render.normals))
+  return render, (depth, normals, (depth > 0).astype(jnp.float32)), None, texture
+
+
+def _gaussians_topology(config, flame_model):
+  """The triangles that carry Gaussians (`config.regressor.regions`) and their face layout."""
+  path = config.get("flame_path") or ""
+  faces = splat_faces(flame_model.faces, _head_assets(path).get("masks") or {},
+                      tuple(config.regressor.get("regions") or ()),
+                      path or "the built-in head (sheap_jax/head/head_model.py)")
+  return dict(layout=gaussians.face_layout(faces, np.asarray(flame_model.v_template)),
+              splat_faces=jnp.asarray(faces, jnp.int32))
+
+
+def _gaussians_network(config, dtype):
+  r = config.regressor
+  return gaussians.GaussiansRegressor(
+      width=r.width, depth=r.depth, num_heads=r.num_heads,
+      gaussians_per_face=r.gaussians_per_face, feature_dim=3, dtype=dtype)
+
+
+def _albedo_network(config, dtype):
+  del dtype  # the albedo head computes in float32
+  options = dict(width=config.regressor.width, num_heads=config.regressor.num_heads)
+  options.update(dict(config.get("albedo") or {}))
+  return mesh_baseline.AlbedoHead(**options)
+
+
+renderers.register("gaussians", renderers.Renderer(
+    param_key="regressor", build_network=_gaussians_network,
+    build_topology=_gaussians_topology,
+    init=lambda module, rng, identity, tokens, layout: module.init(
+        rng, identity, tokens, layout)["params"],
+    draw=_draw_gaussians))
+renderers.register("mesh", renderers.Renderer(
+    param_key="albedo", build_network=_albedo_network,
+    build_topology=lambda config, flame_model: dict(
+        layout=None, mesh=load_mesh_topology(config, flame_model)),
+    init=lambda module, rng, identity, tokens, layout: module.init(
+        rng, identity, tokens)["params"],
+    draw=_draw_mesh, skipped_losses=SPLAT_ONLY_LOSSES))
 
 
 def _to_render_pixels(points: jnp.ndarray, image_size: int, render_size: int) -> jnp.ndarray:
@@ -405,7 +445,7 @@ def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jn
 def applicable_losses(config) -> Dict[str, Any]:
   """`config.losses` without the terms the renderer cannot evaluate (`SPLAT_ONLY_LOSSES` for
   the mesh renderer)."""
-  skipped = SPLAT_ONLY_LOSSES if config.renderer == "mesh" else ()
+  skipped = renderers.get(config.renderer).skipped_losses
   return {name: entry for name, entry in config.losses.items() if name not in skipped}
 
 

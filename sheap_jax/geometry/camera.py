@@ -54,12 +54,14 @@ class Camera:
 def _check_shapes(camera: Camera) -> None:
   k_shape, v_shape = tuple(camera.K.shape), tuple(camera.viewmat.shape)
   if k_shape[-2:] != (3, 3) or len(k_shape) > 3:
-    raise ValueError(f"sheap_jax/camera.py: K must be (3, 3) or (B, 3, 3), got {k_shape}")
+    raise ValueError(f"sheap_jax/geometry/camera.py: K must be (3, 3) or (B, 3, 3), got {k_shape}")
   if v_shape[-2:] != (4, 4) or len(v_shape) > 3:
-    raise ValueError(f"sheap_jax/camera.py: viewmat must be (4, 4) or (B, 4, 4), got {v_shape}")
+    raise ValueError("sheap_jax/geometry/camera.py: "
+                     f"viewmat must be (4, 4) or (B, 4, 4), got {v_shape}")
   if len(k_shape) == 3 and len(v_shape) == 3 and k_shape[0] != v_shape[0]:
     raise ValueError(
-        f"sheap_jax/camera.py: K batch {k_shape[0]} differs from viewmat batch {v_shape[0]}")
+        "sheap_jax/geometry/camera.py: "
+        f"K batch {k_shape[0]} differs from viewmat batch {v_shape[0]}")
 
 
 def intrinsics_from_fov(fov_y_degrees: float, width: int, height: int) -> jnp.ndarray:
@@ -69,7 +71,8 @@ def intrinsics_from_fov(fov_y_degrees: float, width: int, height: int) -> jnp.nd
   sits at ((W - 1) / 2, (H - 1) / 2).
   """
   if not 0.0 < fov_y_degrees < 180.0:
-    raise ValueError(f"sheap_jax/camera.py: fov_y_degrees must be in (0, 180), got {fov_y_degrees}")
+    raise ValueError("sheap_jax/geometry/camera.py: "
+                     f"fov_y_degrees must be in (0, 180), got {fov_y_degrees}")
   focal = 0.5 * height / np.tan(np.deg2rad(fov_y_degrees) / 2.0)
   return jnp.array([[focal, 0.0, (width - 1) / 2.0],
                     [0.0, focal, (height - 1) / 2.0],
@@ -126,9 +129,11 @@ def project_points(camera: Camera, points: jnp.ndarray) -> Tuple[jnp.ndarray, jn
   """
   _check_shapes(camera)
   if camera.K.ndim != 2 or camera.viewmat.ndim != 2:
-    raise ValueError("sheap_jax/camera.py: project_points takes one camera; vmap over a batch "
+    raise ValueError("sheap_jax/geometry/camera.py: "
+                     "project_points takes one camera; vmap over a batch "
                      f"(got K {tuple(camera.K.shape)}, viewmat {tuple(camera.viewmat.shape)})")
   if points.shape[-1] != 3:
-    raise ValueError(f"sheap_jax/camera.py: points must be (..., 3), got {tuple(points.shape)}")
+    raise ValueError("sheap_jax/geometry/camera.py: "
+                     f"points must be (..., 3), got {tuple(points.shape)}")
   points_camera = world_to_camera(camera.viewmat, points)
   return project(camera.K, points_camera), points_camera[..., 2]

@@ -37,12 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rasterizer.types import RasterOutput
-from sheap_jax import camera as camera_lib
-from sheap_jax import mesh_render
-from sheap_jax import mesh_topology as topology_lib
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.render import mesh_render
+from sheap_jax.geometry import mesh_topology as topology_lib
+from sheap_jax.geometry import shading
 
-_FILE = "sheap_jax/mesh_baseline.py"
+_FILE = "sheap_jax/render/mesh_baseline.py"
 # Faces antialiasing may cross from a pixel centre to the silhouette. FLAME-sized triangles
 # are about a pixel wide at 224 px, so the covering face often does not own the silhouette
 # edge: on the built-in head, 1 / 4 / 8 steps recover 25 / 87 / ~100 % of the silhouette

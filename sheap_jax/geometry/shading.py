@@ -40,7 +40,8 @@ def sh_basis(directions: jnp.ndarray) -> jnp.ndarray:
 
 def _check_coeffs(sh_coeffs: jnp.ndarray) -> None:
   if sh_coeffs.ndim != 2 or sh_coeffs.shape[0] != NUM_SH_COEFFS:
-    raise ValueError("sheap_jax/shading.py: sh_coeffs must be (9, C) radiance coefficients, got "
+    raise ValueError("sheap_jax/geometry/shading.py: "
+                     "sh_coeffs must be (9, C) radiance coefficients, got "
                      f"{tuple(sh_coeffs.shape)} (vmap over a batch of lights)")
 
 

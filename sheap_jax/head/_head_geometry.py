@@ -1,6 +1,6 @@
 """Mesh of the built-in head: a closed shell with mouth and eye pockets, plus two eyeballs.
 
-Package-private helper of `sheap_jax.head_model`. Everything here is plain NumPy with no
+Package-private helper of `sheap_jax.head.head_model`. Everything here is plain NumPy with no
 randomness, so the mesh is the same on every machine.
 
 How the shell is made: a latitude-longitude grid of ray directions from an origin inside the

@@ -5,7 +5,7 @@ shapes, dtypes and meanings of `generic_model.pkl` plus the landmark embedding, 
 eyelid blendshapes), so every code path that takes FLAME takes this head unchanged. It is
 deterministic: NumPy/SciPy only, fixed seeds, the same arrays (and file bytes) on every run.
 
-    python -m sheap_jax.head_model --out PATH   # PATH.npz or a FLAME-layout directory
+    python -m sheap_jax.head.head_model --out PATH   # PATH.npz or a FLAME-layout directory
 
 What it contains and how its shape space was scaled is written down in docs/head_model.md.
 """
@@ -16,7 +16,7 @@ from scipy import linalg
 from scipy import optimize
 from scipy import sparse
 
-from sheap_jax import _head_geometry as geometry
+from sheap_jax.head import _head_geometry as geometry
 
 NUM_SHAPE, NUM_EXPRESSION = 300, 100
 ROOT_PARENT = 4294967295  # FLAME stores the root's parent as uint32(-1)
@@ -637,7 +637,7 @@ def main(argv=None):
   parser.add_argument("--out", required=True,
                       help="a .npz file, or a directory to write in FLAME's own file layout")
   args = parser.parse_args(argv)
-  from sheap_jax import flame_io  # imported here: only the CLI writes files
+  from sheap_jax.head import flame_io  # imported here: only the CLI writes files
   flame_io.save_flame(args.out, build_head_assets())
   print(f"wrote the built-in head to {args.out}")
 

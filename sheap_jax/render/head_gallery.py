@@ -1,7 +1,7 @@
 """A labelled PNG grid of a FLAME-format head under varied shape, expression, eyelids, jaw,
 eye and head poses: the quickest way to see what a head model (built-in or real FLAME) can do.
 
-  python -m sheap_jax.head_gallery --out head_gallery.png [--flame PATH] [--size 160]
+  python -m sheap_jax.render.head_gallery --out head_gallery.png [--flame PATH] [--size 160]
 """
 import argparse
 import dataclasses
@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sheap_jax import camera as camera_lib
-from sheap_jax import flame as flame_lib
-from sheap_jax import head_model
-from sheap_jax import mesh_render
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.head import flame as flame_lib
+from sheap_jax.head import head_model
+from sheap_jax.render import mesh_render
+from sheap_jax.geometry import shading
 
 SKIN = (0.80, 0.62, 0.52)
 LIPS = (0.72, 0.38, 0.38)
@@ -119,7 +119,7 @@ def main(argv=None):
   parser.add_argument("--size", type=int, default=160, help="pixels per cell")
   args = parser.parse_args(argv)
   if args.flame:
-    from sheap_jax import flame_io  # pylint: disable=g-import-not-at-top
+    from sheap_jax.head import flame_io  # pylint: disable=g-import-not-at-top
     assets = flame_io.load_flame_assets(args.flame)
   else:
     assets = head_model.build_head_assets()

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-_FILE = "sheap_jax/checkpoints.py"
+_FILE = "sheap_jax/training/checkpoints.py"
 # Config fields that shape the parameter / optimiser tree (measured: each changes the train
 # state's tree or an array shape). Others - learning rate, losses, remat, bfloat16, DINOv2's
 # input size, data - may change between runs of one workdir.

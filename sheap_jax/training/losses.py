@@ -5,7 +5,8 @@ Every term is a function `term(context, **options) -> scalar` registered under a
 evaluates the terms with a non-zero weight and returns the weighted sum together with each
 term's unweighted value for logging. So a term is re-weighted, switched off or configured from
 the command line (`--config.losses.ssim.weight=0`, `--config.losses.depth.buffer=median_depth`)
-or a config file, without code changes; a new term is one decorated function.
+or a config file (`configs/base.py` writes every term out), without code changes; a new term
+is one decorated function plus its entry in the config.
 
 What the terms read is gathered in one `LossContext` (batch first, camera frame = OpenCV axes,
 pixel centres as in `rasterizer/types.py`). Image-space means are taken over the pixels a mask
@@ -17,12 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from flax import struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from sheap_jax import image_metrics
+from sheap_jax.training import image_metrics
 from sheap_jax.models import dinov2
 
-_FILE = "sheap_jax/losses.py"
+_FILE = "sheap_jax/training/losses.py"
 _EPS = 1e-8
 
 # A perceptual feature extractor: images (B, H, W, 3) in [0, 1] -> feature maps [(B, N, D), ...].
@@ -354,31 +354,6 @@ def gaussian_opacity_loss(context: LossContext) -> jnp.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and the total.
-
-
-def default_losses_config() -> ml_collections.ConfigDict:
-  """`config.losses` defaults. SHeaP's own weights are not public; these follow its peers:
-
-  - l1 0.8 / ssim 0.2: 3DGS's photometric mix (lambda_dssim = 0.2), which 2DGS keeps.
-  - perceptual 0.1 on DINOv2 block outputs (no VGG weights here): a guess, LPIPS-like scale.
-  - landmarks 0.1: a small weight, as SHeaP describes; distances in units of the image size.
-  - depth 10 (metres, so 1 mm costs 0.01) and normal 0.05 against the mesh: guesses scaled
-    like the photometric terms; depth_normal 0.05 and distortion 100 are 2DGS's lambda_n and
-    its unbounded-scene lambda_d.
-  - shape/expression priors 1e-4 (DECA's shape_reg / exp_reg); jaw and eyelid priors 1e-3
-    (guesses).
-  - gaussian_offset 0.01 (threshold 1) and gaussian_scale 1.0 (threshold 0.6): GaussianAvatars'
-    lambda_position and lambda_scaling; gaussian_opacity off.
-  """
-  weights = dict(l1=0.8, ssim=0.2, perceptual=0.1, landmarks=0.1, depth=10.0, normal=0.05,
-                 depth_normal=0.05, distortion=100.0, shape_prior=1e-4, expression_prior=1e-4,
-                 jaw_prior=1e-3, eyelid_prior=1e-3, gaussian_offset=0.01, gaussian_scale=1.0,
-                 gaussian_opacity=0.0)
-  config = ml_collections.ConfigDict({name: {"weight": w} for name, w in weights.items()})
-  for name in weights:  # every option appears with its default, so it can be overridden
-    for option, parameter in list(inspect.signature(_REGISTRY[name]).parameters.items())[1:]:
-      config[name][option] = parameter.default
-  return config
 
 
 def _term_options(name: str, entry) -> Tuple[float, Dict[str, Any]]:

@@ -19,7 +19,7 @@ from flax import struct
 import jax.numpy as jnp
 
 from rasterizer.types import Splats
-from sheap_jax import rotation
+from sheap_jax.geometry import rotation
 
 _EPS = 1e-20
 

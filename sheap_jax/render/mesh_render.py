@@ -1,7 +1,7 @@
 """Z-buffer triangle rasteriser for synthetic data and overlays (not differentiable).
 
 How one image is drawn, with static shapes throughout (jit/vmap-safe):
-1. Triangle setup: project the vertices (`sheap_jax.camera`), cull triangles with a vertex
+1. Triangle setup: project the vertices (`sheap_jax.geometry.camera`), cull triangles with a vertex
    closer than `near` (there is no clipping), degenerate ones and, optionally, back faces; take
    the inclusive box of pixel centres each triangle can cover.
 2. Fragments: every (triangle, pixel of its box) pair is a slot in one virtual list, a triangle's
@@ -26,8 +26,8 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 
-from sheap_jax import camera as camera_lib
-from sheap_jax import shading
+from sheap_jax.geometry import camera as camera_lib
+from sheap_jax.geometry import shading
 
 DEFAULT_NEAR = 0.01  # metres; triangles with a vertex closer than this are not drawn
 DEFAULT_CHUNK_SIZE = 32768  # (triangle, pixel) pairs depth-tested per loop step
@@ -67,14 +67,16 @@ class MeshImage:
 
 def _check_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Camera) -> None:
   if vertices.ndim != 2 or vertices.shape[-1] != 3:
-    raise ValueError("sheap_jax/mesh_render.py: vertices must be (V, 3), got "
+    raise ValueError("sheap_jax/render/mesh_render.py: vertices must be (V, 3), got "
                      f"{tuple(vertices.shape)} (vmap over a batch)")
   if (faces.ndim != 2 or faces.shape[-1] != 3 or faces.shape[0] == 0
       or not jnp.issubdtype(faces.dtype, jnp.integer)):
-    raise ValueError("sheap_jax/mesh_render.py: faces must be a non-empty integer (F, 3) array, "
+    raise ValueError("sheap_jax/render/mesh_render.py: "
+                     "faces must be a non-empty integer (F, 3) array, "
                      f"got {faces.dtype} {tuple(faces.shape)}")
   if camera.K.shape != (3, 3) or camera.viewmat.shape != (4, 4):
-    raise ValueError("sheap_jax/mesh_render.py: rasterize draws one camera; vmap over a batch "
+    raise ValueError("sheap_jax/render/mesh_render.py: "
+                     "rasterize draws one camera; vmap over a batch "
                      f"(got K {tuple(camera.K.shape)}, viewmat {tuple(camera.viewmat.shape)})")
 
 
@@ -259,7 +261,8 @@ def render_mesh(vertices: jnp.ndarray, faces: jnp.ndarray, camera: camera_lib.Ca
   (9, C) is given, unlit otherwise; composited over `background` (scalar, (C,) or (H, W, C)).
   """
   if texture is not None and (uvs is None or uv_faces is None):
-    raise ValueError("sheap_jax/mesh_render.py: a texture needs uvs (T, 2) and uv_faces (F, 3)")
+    raise ValueError("sheap_jax/render/mesh_render.py: "
+                     "a texture needs uvs (T, 2) and uv_faces (F, 3)")
   fragments = rasterize(vertices, faces, camera, cull_backfaces=cull_backfaces, near=near,
                         chunk_size=chunk_size)
   if texture is not None:
@@ -289,7 +292,8 @@ def overlay_mesh(image: jnp.ndarray, vertices: jnp.ndarray, faces: jnp.ndarray,
   the viewer's right shoulder.
   """
   if image.shape != (camera.height, camera.width, 3):
-    raise ValueError(f"sheap_jax/mesh_render.py: image {tuple(image.shape)} does not match the "
+    raise ValueError("sheap_jax/render/mesh_render.py: "
+                     f"image {tuple(image.shape)} does not match the "
                      f"camera's (H, W, 3) = ({camera.height}, {camera.width}, 3)")
   light = shading.ambient_directional_sh(0.35, 0.75, light_direction)
   mesh = render_mesh(vertices, faces, camera, sh_coeffs=light, cull_backfaces=True,

@@ -44,14 +44,14 @@ def _as_boxes(boxes, name: str, allow_flat: bool = False) -> np.ndarray:
   box of points on one line), never a negative one."""
   boxes = np.asarray(boxes, np.float64)
   if boxes.shape[-1:] != (4,):
-    raise ValueError(f"sheap_jax/crop.py: {name} must end in 4 values (x0, y0, x1, y1), got "
+    raise ValueError(f"sheap_jax/face/crop.py: {name} must end in 4 values (x0, y0, x1, y1), got "
                      f"shape {boxes.shape}")
   if not np.all(np.isfinite(boxes)):
-    raise ValueError(f"sheap_jax/crop.py: {name} has non-finite values")
+    raise ValueError(f"sheap_jax/face/crop.py: {name} has non-finite values")
   width, height = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
   empty = (width < 0) | (height < 0) if allow_flat else (width <= 0) | (height <= 0)
   if np.any(empty):
-    raise ValueError(f"sheap_jax/crop.py: {name} has an empty box (x1 <= x0 or y1 <= y0)")
+    raise ValueError(f"sheap_jax/face/crop.py: {name} has an empty box (x1 <= x0 or y1 <= y0)")
   return boxes
 
 
@@ -64,12 +64,12 @@ def landmarks_box(landmarks, valid=None) -> np.ndarray:
   """Tight box (4,) around (N, 2) points, using only those marked `valid` (N,) when given."""
   points = np.asarray(landmarks, np.float64)
   if points.ndim != 2 or points.shape[1] != 2:
-    raise ValueError(f"sheap_jax/crop.py: landmarks must be (N, 2), got {points.shape}")
+    raise ValueError(f"sheap_jax/face/crop.py: landmarks must be (N, 2), got {points.shape}")
   if valid is not None:
     points = points[np.asarray(valid, bool)]
   points = points[np.all(np.isfinite(points), axis=1)]
   if len(points) < 2:
-    raise ValueError("sheap_jax/crop.py: need at least two valid, finite landmarks for a box")
+    raise ValueError("sheap_jax/face/crop.py: need at least two valid, finite landmarks for a box")
   return np.concatenate([points.min(0), points.max(0)])
 
 
@@ -144,12 +144,12 @@ def smooth_boxes(boxes, smoothing: float = VIDEO_SMOOTHING) -> np.ndarray:
   b_{t-1}), which steadies a jittery detector and keeps every box an array slice."""
   boxes = _as_boxes(boxes, "boxes")
   if boxes.ndim != 2:
-    raise ValueError(f"sheap_jax/crop.py: boxes must be (T, 4), got {boxes.shape}")
+    raise ValueError(f"sheap_jax/face/crop.py: boxes must be (T, 4), got {boxes.shape}")
   if not 0.0 < smoothing <= 1.0:
-    raise ValueError(f"sheap_jax/crop.py: smoothing must be in (0, 1], got {smoothing}")
+    raise ValueError(f"sheap_jax/face/crop.py: smoothing must be in (0, 1], got {smoothing}")
   edges = boxes + 0.5
   if np.any(edges != np.round(edges)):
-    raise ValueError("sheap_jax/crop.py: boxes must lie on whole pixels (corners at integer "
+    raise ValueError("sheap_jax/face/crop.py: boxes must lie on whole pixels (corners at integer "
                      "- 0.5, as video_box gives)")
   smoothed = edges.copy()
   for t in range(1, len(edges)):
@@ -179,10 +179,10 @@ def crop_image(image, box, size: int = CROP_SIZE, fill: float = 0.0) -> np.ndarr
   (in the image's own units: 0-255 for uint8). Returns the input's dtype."""
   image = np.asarray(image)
   if image.ndim != 3:
-    raise ValueError(f"sheap_jax/crop.py: image must be (H, W, C), got {image.shape}")
+    raise ValueError(f"sheap_jax/face/crop.py: image must be (H, W, C), got {image.shape}")
   box = _as_boxes(box, "box")
   if box.shape != (4,):
-    raise ValueError(f"sheap_jax/crop.py: crop_image takes one box (4,), got {box.shape}")
+    raise ValueError(f"sheap_jax/face/crop.py: crop_image takes one box (4,), got {box.shape}")
   height, width = image.shape[:2]
   # Pillow measures from pixel edges: our x is its x + 0.5. Take an integer window holding the
   # box plus the filter's reach (its half-width is one source pixel per output pixel).
@@ -227,7 +227,7 @@ def detect_faces(image, min_size: int = 32, max_size: Optional[int] = None,
   from skimage import color, exposure  # pylint: disable=import-outside-toplevel
   image = np.asarray(image)
   if image.ndim != 3:
-    raise ValueError(f"sheap_jax/crop.py: image must be (H, W, C), got {image.shape}")
+    raise ValueError(f"sheap_jax/face/crop.py: image must be (H, W, C), got {image.shape}")
   pixels = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(
       np.float32)
   height, width = image.shape[:2]

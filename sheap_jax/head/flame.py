@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from sheap_jax import flame_io
-from sheap_jax.rotation import axis_angle_to_matrix
+from sheap_jax.head import flame_io
+from sheap_jax.geometry.rotation import axis_angle_to_matrix
 
 NUM_JOINTS = 5  # global, neck, jaw, left eye, right eye
 NECK_JOINT = 1

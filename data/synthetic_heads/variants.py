@@ -1,4 +1,5 @@
-"""Builder configs of `synthetic_heads`: sizes, rendering quality, behaviour probabilities."""
+"""The variants of `synthetic_heads` (TFDS builder configs: tiny, demo, small, ...): sizes,
+rendering quality, behaviour probabilities."""
 import dataclasses
 
 import tensorflow_datasets as tfds
@@ -29,11 +30,11 @@ class SyntheticHeadsConfig(tfds.core.BuilderConfig):
   def __post_init__(self):
     counts = (self.num_train, self.num_validation, self.num_test, self.frames_per_video)
     if min(counts) < 0 or self.frames_per_video < 1 or self.image_size < 8:
-      raise ValueError(f"data/synthetic_heads/configs.py: config {self.name!r} needs >= 0 "
+      raise ValueError(f"data/synthetic_heads/variants.py: config {self.name!r} needs >= 0 "
                        f"identities, >= 1 frame and image_size >= 8, got counts {counts}, "
                        f"image_size {self.image_size}")
     if self.supersample < 1 or self.texture_size < 16:
-      raise ValueError(f"data/synthetic_heads/configs.py: config {self.name!r}: supersample "
+      raise ValueError(f"data/synthetic_heads/variants.py: config {self.name!r}: supersample "
                        f"must be >= 1 and texture_size >= 16")
 
   @property
