@@ -9,6 +9,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data import pairs
+from data.frame_extras import OPTIONAL_TRAINING_KEYS
 from data.synthetic_heads import features as frame_features
 from data.video_folder import VideoFolder, VideoFolderConfig
 
@@ -158,15 +159,19 @@ def test_batching_applies_the_colour_change(monkeypatch):
     gain, contrast = rng.uniform(0.6, 1.4, 2)
     element = {key: rng.integers(0, 2, 68).astype(bool) if key.endswith("_valid")
                else rng.uniform(0, 9, (68, 2)).astype(np.float32) for key in pairs.BATCH_KEYS
-               if "landmarks" in key}
+               if "landmarks" in key and not key.endswith("_3d")}
     element.update(video_id=np.int64(rng.integers(9)), source_frame=np.int64(1),
-                   target_frame=np.int64(2))
+                   target_frame=np.int64(2), source_landmarks_3d=np.bool_(rng.random() < 0.5),
+                   target_landmarks_3d=np.bool_(rng.random() < 0.5),
+                   target_matte=rng.integers(0, 256, (5, 4), dtype=np.uint8),
+                   target_matte_valid=np.bool_(rng.random() < 0.5))
     for prefix in ("source", "target"):
       element[f"{prefix}_image"] = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
     element[pairs.COLOUR] = np.array([gain * contrast / 255, 0.5 * (1 - contrast)], np.float32)
     elements.append(element)
     expected.append({k: np.clip((v / 255.0 * gain - 0.5) * contrast + 0.5, 0, 1)
-                     if k.endswith("_image") else v for k, v in element.items()})
+                     if k.endswith("_image") else v / 255.0 if k.endswith("_matte") else v
+                     for k, v in element.items()})
   batcher = pairs.BatchPairs(num_devices=2)
   for shared in (False, True):
     if shared:
@@ -176,7 +181,8 @@ def test_batching_applies_the_colour_change(monkeypatch):
     for key in pairs.BATCH_KEYS:
       want = np.stack([e[key] for e in expected])
       assert batch[key].shape == (2, 3) + want.shape[1:]
-      assert batch[key].dtype == (np.float32 if key.endswith("_image") else want.dtype)
+      assert batch[key].dtype == (np.float32 if key.endswith(("_image", "_matte"))
+                                  else want.dtype)
       np.testing.assert_allclose(batch[key].reshape(want.shape), want, atol=1e-6)
       assert isinstance(batch[key], grain.SharedMemoryArray) == (
           shared and key.endswith("_image"))
@@ -273,8 +279,8 @@ def test_reads_a_built_video_folder_dataset(tmp_path):
   fields = pairs.TrainingFields(source)
   for index in range(len(source)):
     record, training = source[index], fields[index]
-    assert set(training) == set(frame_features.TRAINING_KEYS)
-    for key in frame_features.TRAINING_KEYS:
+    assert set(training) == set(frame_features.TRAINING_KEYS + OPTIONAL_TRAINING_KEYS)
+    for key in frame_features.TRAINING_KEYS + OPTIONAL_TRAINING_KEYS:
       np.testing.assert_array_equal(training[key], record[key])
       assert type(training[key]) is type(record[key])
       assert np.asarray(training[key]).dtype == np.asarray(record[key]).dtype
