@@ -49,6 +49,8 @@ class LossContext:
   landmarks: Optional[jnp.ndarray] = None  # (B, L, 2) projected predicted landmarks, pixels
   landmarks_target: Optional[jnp.ndarray] = None  # (B, L, 2) detected 2D landmarks, pixels
   landmarks_valid: Optional[jnp.ndarray] = None  # (B, L) 1 where a detection exists
+  matte: Optional[jnp.ndarray] = None  # (B, H, W) target's person matte in [0, 1] (real footage)
+  matte_valid: Optional[jnp.ndarray] = None  # (B,) 1 where the target has a matte
   flame_source: Any = None  # flame.FlameParams predicted from the source frame
   flame_target: Any = None  # flame.FlameParams predicted from the target frame
   gaussian_offsets: Optional[jnp.ndarray] = None  # (..., 3) local offsets, units of face scale
@@ -195,6 +197,36 @@ def landmark_loss(context: LossContext, epsilon: float = 1e-3) -> jnp.ndarray:
     return jnp.mean(penalty)
   valid = jax.lax.stop_gradient(context.landmarks_valid.astype(jnp.float32))
   return jnp.sum(penalty * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Silhouette against the person matte.
+
+_SILHOUETTE_MODES = ("outside", "l1", "bce")
+
+
+@register("silhouette")
+def silhouette_loss(context: LossContext, mode: str = "outside") -> jnp.ndarray:
+  """The render's alpha against the target's person matte: the mean over pixels, averaged over
+  the batch with pairs that have no matte adding 0. The matte covers the whole person (hair, neck, torso) and
+  the render only the head, so the default `mode="outside"` penalises only coverage of the
+  backdrop, mean alpha (1 - matte); "l1" is mean |alpha - matte|, "bce" the binary cross
+  entropy of alpha against the matte (both also pull the head over hair and torso)."""
+  if mode not in _SILHOUETTE_MODES:
+    raise ValueError(f"{_FILE}: loss 'silhouette' option mode={mode!r}; expected one of "
+                     f"{_SILHOUETTE_MODES}")
+  _require(context, "silhouette", "matte", "matte_valid")
+  alpha = context.render.alpha
+  matte = jax.lax.stop_gradient(context.matte.astype(jnp.float32))
+  if mode == "outside":
+    error = alpha * (1.0 - matte)
+  elif mode == "l1":
+    error = jnp.abs(alpha - matte)
+  else:
+    clipped = jnp.clip(alpha, 1e-6, 1.0 - 1e-6)
+    error = -matte * jnp.log(clipped) - (1.0 - matte) * jnp.log(1.0 - clipped)
+  has = jax.lax.stop_gradient(context.matte_valid.astype(jnp.float32))
+  return jnp.sum(jnp.mean(error, axis=(1, 2)) * has) / error.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,11 +401,13 @@ def default_losses_config() -> ml_collections.ConfigDict:
     (guesses).
   - gaussian_offset 0.01 (threshold 1) and gaussian_scale 1.0 (threshold 0.6): GaussianAvatars'
     lambda_position and lambda_scaling; gaussian_opacity off.
+  - silhouette off (weight 0; not measured yet): the render against real footage's person
+    matte, for the fitting work to switch on (docs/losses.md).
   """
   weights = dict(l1=0.8, ssim=0.2, perceptual=0.1, landmarks=0.1, depth=10.0, normal=0.05,
                  depth_normal=0.05, distortion=100.0, shape_prior=1e-4, expression_prior=1e-4,
                  jaw_prior=1e-3, eyelid_prior=1e-3, gaussian_offset=0.01, gaussian_scale=1.0,
-                 gaussian_opacity=0.0)
+                 gaussian_opacity=0.0, silhouette=0.0)
   config = ml_collections.ConfigDict({name: {"weight": w} for name, w in weights.items()})
   for name in weights:  # every option appears with its default, so it can be overridden
     for option, parameter in list(inspect.signature(_REGISTRY[name]).parameters.items())[1:]:

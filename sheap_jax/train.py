@@ -46,8 +46,10 @@ from sheap_jax import scoring
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
-# Batch keys the objective reads: the two frames, then the target's landmarks if present.
-MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_landmarks_valid")
+# Batch keys the objective reads: the two frames, then the target's landmarks (their type) and
+# person matte if present.
+MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_landmarks_valid",
+                "target_landmarks_3d", "target_matte", "target_matte_valid")
 
 
 @struct.dataclass
