@@ -42,10 +42,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                   geometry_gradients="gaussians")
   c.losses = losses.default_losses_config()
 
-  # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets.
+  # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets. name:
+  # synthetic_heads or video_folder; mix_with "name/variant" takes mix_weight of each epoch;
+  # synthetic_eval "synthetic_heads/variant" scores synthetic_neutral when training on videos
+  # (sheap_jax/training_data.py).
   c.data = dict(name="synthetic_heads", variant="small", data_dir="", split="train",
                 eval_split="validation", build_if_missing=False, max_gap=8, augment=True,
-                num_workers=4)
+                num_workers=4, mix_with="", mix_weight=0.5, synthetic_eval="")
   c.batch_size = 64  # global, over all devices of all hosts
   c.total_steps = 200_000
   c.optimizer = dict(name="adamw", learning_rate=1e-4, warmup_steps=2_000, end_factor=0.01,

@@ -40,9 +40,11 @@ from sheap_jax import benchmarks
 from sheap_jax import camera as camera_lib
 from sheap_jax import checkpoints
 from sheap_jax import flame as flame_lib
+from sheap_jax import heldout_validation
 from sheap_jax import mesh_render
 from sheap_jax import objective
 from sheap_jax import scoring
+from sheap_jax import training_data
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
@@ -194,29 +196,8 @@ def preview_image(out: objective.Reanimation, source_image, faces) -> np.ndarray
 
 
 def open_dataset(config):
-  """The TFDS builder of `config.data` (synthetic_heads/<variant> under `data_dir`), built first
-  when absent and `config.data.build_if_missing` is set."""
-  if config.data.name != "synthetic_heads":
-    raise ValueError(f"{_FILE}: config.data.name={config.data.name!r}; this loop reads "
-                     "'synthetic_heads' (other datasets with its record layout: add them here)")
-  # pylint: disable-next=import-outside-toplevel
-  from data.synthetic_heads import builder as synthetic_builder
-  data_dir = os.path.expanduser(config.data.data_dir or "~/tensorflow_datasets")
-  dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
-                                             file_format="array_record")
-  if not dataset.is_prepared():
-    if not config.data.build_if_missing:
-      raise FileNotFoundError(f"{_FILE}: synthetic_heads/{config.data.variant} is not built under "
-                              f"{data_dir} (set --config.data.build_if_missing=True)")
-    if jax.process_index() == 0:
-      logging.info("building synthetic_heads/%s under %s", config.data.variant, data_dir)
-      dataset.download_and_prepare()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      multihost_utils.sync_global_devices("synthetic_heads built")
-    dataset = synthetic_builder.SyntheticHeads(config=config.data.variant, data_dir=data_dir,
-                                               file_format="array_record")
-  return dataset
+  """The training data `config.data` names (`training_data.open_dataset`)."""
+  return training_data.open_dataset(config)
 
 
 def make_data_iterator(config, mesh: Mesh, dataset):
@@ -289,10 +270,15 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   frozen_host = objective.build_frozen(config, flame_model)
   frozen = replicate(frozen_host, mesh)
   optimizer = make_optimizer(config)
+  heldout = None
   if data_iterator is None:
     dataset = open_dataset(config)
     data_iterator = make_data_iterator(config, mesh, dataset)
-    validation = validation_set(config, dataset, flame_model) if config.eval_every else None
+    synthetic = training_data.synthetic_dataset(config, dataset) if config.eval_every else None
+    validation = None if synthetic is None else validation_set(config, synthetic, flame_model)
+    video = training_data.video_dataset(dataset) if config.eval_every else None
+    if video is not None:
+      heldout = heldout_validation.HeldOutPairs.load(networks, config, video)
 
   manager = checkpoints.open_manager(workdir, config)
   abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
@@ -363,6 +349,8 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         writer.write(step, {f"synthetic_neutral/{k}": v for k, v in results["model"].items()
                             if k != "step"})
         logging.info("step %d: %s", step, validation_line(results, split))
+      if heldout is not None and (step % config.eval_every == 0 or step == config.total_steps):
+        writer.write(step, {f"heldout/{k}": v for k, v in heldout(state.params, frozen).items()})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop_requested:
         checkpoints.save(manager, state, data_iterator.get_state(), config)
       if stop_requested:
@@ -417,7 +405,8 @@ def main(argv):
         process_id=int(os.environ["SHEAP_JAX_PROCESS_ID"]))
   try:
     train(_CONFIG.value, _WORKDIR.value)
-  except checkpoints.LayoutMismatchError as error:  # a user error: the message, no traceback
+  except (checkpoints.LayoutMismatchError, training_data.ConfigError) as error:  # a user error:
+    # the message, no traceback
     sys.exit(f"error: {error}")
 
 

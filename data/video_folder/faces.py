@@ -50,9 +50,17 @@ def plan(source: reader.Source, config, models) -> Plan:
     return _from_detector(source, frames, config)
   kept = np.array([t for t, box in enumerate(boxes) if box is not None], np.int64)
   _check_counts(source, len(boxes), len(kept), config)
-  return Plan(kept, crop.smooth_boxes(np.stack([boxes[t] for t in kept]), config.smoothing),
+  return Plan(kept, smooth_runs(kept, np.stack([boxes[t] for t in kept]), config.smoothing),
               np.asarray(points, np.float32)[kept], np.asarray(valid, bool)[kept],
               np.asarray(scores, np.float32)[kept], landmark_type, skipped)
+
+
+def smooth_runs(frames: np.ndarray, boxes: np.ndarray, smoothing: float) -> np.ndarray:
+  """`crop.smooth_boxes` over each run of consecutive frames: after frames without a face the
+  face may be elsewhere, so the average starts afresh (the release never skips frames)."""
+  starts = np.flatnonzero(np.diff(frames, prepend=-2) != 1)
+  return np.concatenate([crop.smooth_boxes(run, smoothing)
+                         for run in np.split(boxes, starts[1:])])
 
 
 def _check_counts(source, total: int, kept: int, config) -> None:
