@@ -156,3 +156,25 @@ def test_configuration_errors_are_one_line(built, tmp_path):
   config.data.update(variant="old", synthetic_eval="")
   with pytest.raises(training_data.ConfigError, match="version 1.0.0.*rebuild"):
     training_data.open_dataset(config)
+
+
+def test_without_face_models_the_lbp_cascade_stands_in_with_a_warning(monkeypatch, tmp_path):
+  def unavailable(*args, **kwargs):
+    raise face.FaceModelsUnavailable("no cache and no registry")
+  monkeypatch.setattr(face.FaceModels, "load", unavailable)
+  frames, _ = demo_clip.make_clip(skimage_data.astronaut(), 3, FRAME_SIZE, shift=0.04)
+  folder = tmp_path / "videos" / "clip"
+  folder.mkdir(parents=True)
+  for index, frame in enumerate(frames):
+    Image.fromarray(frame).save(folder / f"{index:03d}.png")
+  builder = VideoFolder(config=VideoFolderConfig(name="lbp", image_size=SIZE),
+                        data_dir=str(tmp_path / "tfds"))
+  with pytest.warns(UserWarning, match="LBP face detector.*python -m sheap_jax.face fetch"):
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "videos")))
+  source = builder.as_data_source(split="train")
+  assert len(source) == 3
+  for record in (source[i] for i in range(len(source))):
+    assert not record[frame_features.LANDMARKS_VALID].any() and record[frame_extras.MATTE] == b""
+    assert record[frame_extras.FACE_SCORE] == 0.0
