@@ -19,8 +19,7 @@ from absl import logging
 import jax
 
 DATASETS = ("synthetic_heads", "video_folder")
-VIDEO_FOLDER_COMMAND = ("python -m data.video_folder --videos DIR --data_dir {data_dir} "
-                        "--config {variant}")
+VIDEO_FOLDER_COMMAND = "python -m data.video_folder --videos DIR --data_dir {data_dir} {which}"
 
 
 class ConfigError(ValueError):
@@ -122,7 +121,9 @@ def _open_video_folder(variant: str, config):
   from data.video_folder import VideoFolder  # pylint: disable=import-outside-toplevel
   root = data_dir(config)
   folder = os.path.join(root, "video_folder", variant)
-  command = VIDEO_FOLDER_COMMAND.format(data_dir=root, variant=variant)
+  named = [c.name for c in VideoFolder.BUILDER_CONFIGS]
+  command = VIDEO_FOLDER_COMMAND.format(data_dir=root, which=(
+      f"--config {variant}" if variant in named else f"--name {variant} [options]"))
   versions = sorted((v for v in (os.listdir(folder) if os.path.isdir(folder) else [])
                      if os.path.isfile(os.path.join(folder, v, "dataset_info.json"))),
                     key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()))
