@@ -82,6 +82,10 @@ def synthetic_dataset(config, dataset) -> Optional[object]:
   if name != "synthetic_heads":
     raise ConfigError(f"config.data.synthetic_eval={spec!r}: synthetic_neutral needs ground "
                       "truth, which only synthetic_heads has")
+  if config.get("flame_path"):
+    raise ConfigError(f"config.data.synthetic_eval={spec!r} scores against the built-in head "
+                      "the synthetic data were rendered with, not the FLAME model of "
+                      "config.flame_path: leave synthetic_eval empty with real FLAME")
   return open_named(name, variant, config)
 
 

@@ -178,3 +178,13 @@ def test_without_face_models_the_lbp_cascade_stands_in_with_a_warning(monkeypatc
   for record in (source[i] for i in range(len(source))):
     assert not record[frame_features.LANDMARKS_VALID].any() and record[frame_extras.MATTE] == b""
     assert record[frame_extras.FACE_SCORE] == 0.0
+
+
+def test_synthetic_eval_is_refused_with_real_flame(built):
+  root, _, _ = built
+  config = small_config()
+  config.flame_path = "/somewhere/FLAME2020"
+  config.data.update(name="video_folder", variant="astro", data_dir=str(root / "tfds"),
+                     synthetic_eval="synthetic_heads/demo")
+  with pytest.raises(training_data.ConfigError, match="built-in head"):
+    training_data.synthetic_dataset(config, training_data.open_dataset(config))
