@@ -208,10 +208,11 @@ _SILHOUETTE_MODES = ("outside", "l1", "bce")
 @register("silhouette")
 def silhouette_loss(context: LossContext, mode: str = "outside") -> jnp.ndarray:
   """The render's alpha against the target's person matte: the mean over pixels, averaged over
-  the batch with pairs that have no matte adding 0. The matte covers the whole person (hair, neck, torso) and
-  the render only the head, so the default `mode="outside"` penalises only coverage of the
-  backdrop, mean alpha (1 - matte); "l1" is mean |alpha - matte|, "bce" the binary cross
-  entropy of alpha against the matte (both also pull the head over hair and torso)."""
+  the batch with pairs that have no matte adding 0. The matte covers the whole person (hair,
+  neck, torso) and the render only the head, so the default `mode="outside"` penalises only
+  coverage of the backdrop, mean alpha (1 - matte); "l1" is mean |alpha - matte|, "bce" the
+  binary cross entropy of alpha against the matte (both also pull the head over hair and
+  torso)."""
   if mode not in _SILHOUETTE_MODES:
     raise ValueError(f"{_FILE}: loss 'silhouette' option mode={mode!r}; expected one of "
                      f"{_SILHOUETTE_MODES}")

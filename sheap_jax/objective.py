@@ -344,8 +344,9 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
       for points in (flame_out.landmarks68, flame_out.landmarks68_static))
   return Reanimation(
       render=render, image=resize_images(target_image, size), vertices=flame_out.vertices,
-      landmarks=landmarks, landmarks_static=landmarks_static, Ks=Ks, viewmats=viewmats, mesh_depth=depth, mesh_normals=normals,
-      mesh_mask=mask, source=source, target=target, local_gaussians=local, texture=texture)
+      landmarks=landmarks, landmarks_static=landmarks_static, Ks=Ks, viewmats=viewmats,
+      mesh_depth=depth, mesh_normals=normals, mesh_mask=mask, source=source, target=target,
+      local_gaussians=local, texture=texture)
 
 
 def _to_render_pixels(points: jnp.ndarray, image_size: int, render_size: int) -> jnp.ndarray:

@@ -95,7 +95,8 @@ def video_dataset(dataset) -> Optional[object]:
 
 
 def _open_synthetic(variant: str, config):
-  from data.synthetic_heads import builder as synthetic_builder  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from data.synthetic_heads import builder as synthetic_builder
   root = data_dir(config)
   try:
     dataset = synthetic_builder.SyntheticHeads(config=variant, data_dir=root,
