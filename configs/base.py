@@ -38,6 +38,8 @@ def loss_weights() -> dict:
     (guesses).
   - gaussian_offset 0.01 (threshold 1) and gaussian_scale 1.0 (threshold 0.6): GaussianAvatars'
     lambda_position and lambda_scaling; gaussian_opacity off.
+  - silhouette off (weight 0; not measured yet): the render's alpha against real footage's
+    person matte, for the fitting work to switch on (docs/losses.md).
   """
   return dict(
       l1=dict(weight=0.8),
@@ -54,7 +56,8 @@ def loss_weights() -> dict:
       eyelid_prior=dict(weight=1e-3),
       gaussian_offset=dict(weight=0.01, threshold=1.0),
       gaussian_scale=dict(weight=1.0, threshold=0.6),
-      gaussian_opacity=dict(weight=0.0))
+      gaussian_opacity=dict(weight=0.0),
+      silhouette=dict(weight=0.0, mode="outside"))
 
 
 def parse_arguments(arg: str):
@@ -132,10 +135,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                   geometry_gradients="gaussians")
   c.losses = loss_weights()
 
-  # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets.
+  # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets. name:
+  # synthetic_heads or video_folder; mix_with "name/variant" takes mix_weight of each epoch;
+  # synthetic_eval "synthetic_heads/variant" scores synthetic_neutral when training on videos
+  # (data/datasets.py).
   c.data = dict(name="synthetic_heads", variant="small", data_dir="", split="train",
                 eval_split="validation", build_if_missing=False, max_gap=8, augment=True,
-                num_workers=4)
+                num_workers=4, mix_with="", mix_weight=0.5, synthetic_eval="")
   c.batch_size = 64  # global, over all devices of all hosts
   c.total_steps = 200_000
   c.optimizer = dict(name="adamw", learning_rate=1e-4, warmup_steps=2_000, end_factor=0.01,

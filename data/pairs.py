@@ -7,7 +7,9 @@ its `frame_index` and `video_num_frames`. A Grain dataset pipeline:
   record ids of this process's shard, shuffled afresh each epoch (seeded), repeated
     -> SamplePair: the record is the source frame; the target is a frame of the same video at
        a random gap 1..max_gap (either direction); only training fields are ever parsed
-       (`TrainingFields`), so ground truth never leaves the files
+       (`TrainingFields`, with the optional ones of `data/frame_extras.py`: landmark type,
+       matte), so ground truth never leaves the files; a `Mixture` draws records from several
+       datasets by weight
     -> AugmentPair: optional flip (both frames), colour change (both frames), zoom and shift
        (each frame), applied to image and landmarks alike; resize to image_size
     -> (both steps run in `num_threads` threads: PNG decoding and resampling release the GIL)
@@ -29,6 +31,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
+from data import frame_extras
 from data.synthetic_heads import features as frame_features
 from sheap_jax.face import crop
 
@@ -44,8 +47,9 @@ FLIP_PERMUTATION = np.array(
     + [64, 63, 62, 61, 60, 67, 66, 65])  # inner lips
 COLOUR = "colour_change"  # (2,) float32 (scale, offset) of a pair's uint8 levels, until batching
 BATCH_KEYS = ("source_image", "target_image", "source_landmarks", "target_landmarks",
-              "source_landmarks_valid", "target_landmarks_valid", "video_id", "source_frame",
-              "target_frame")
+              "source_landmarks_valid", "target_landmarks_valid", "source_landmarks_3d",
+              "target_landmarks_3d", "target_matte", "target_matte_valid", "video_id",
+              "source_frame", "target_frame")
 DEFAULT_THREADS = 2
 
 
@@ -66,7 +70,9 @@ NO_AUGMENTATION = Augmentation(flip_probability=0.0, zoom=(1.0, 1.0), shift=0.0,
 
 
 class TrainingFields:
-  """Random access to the training fields (`features.TRAINING_KEYS`) of a split's records.
+  """Random access to the training fields (`features.TRAINING_KEYS`, and those of
+  `frame_extras.OPTIONAL_TRAINING_KEYS` the dataset has; the others take their defaults) of a
+  split's records.
 
   A TFDS ArrayRecord source is read as raw bytes and only those fields are taken from the
   tf.train.Example (0.07 ms a record against 0.19 ms for TFDS decoding the same fields and
@@ -82,9 +88,10 @@ class TrainingFields:
     if (info is not None and raw is not None and len(source)
         and all(key in info.features for key in frame_features.TRAINING_KEYS)):
       self._raw = raw
-      self._specs = {key: info.features[key] for key in frame_features.TRAINING_KEYS}
+      self._specs = {key: info.features[key] for key in frame_features.TRAINING_KEYS
+                     + frame_extras.OPTIONAL_TRAINING_KEYS if key in info.features}
       reference = source[0]
-      direct = self[0]
+      direct = self._parse(raw[0])
       if not all(np.array_equal(direct[key], reference[key]) for key in direct):
         self._raw = None
 
@@ -107,13 +114,38 @@ class TrainingFields:
 
   def __getitem__(self, index: int) -> dict:
     if self._raw is not None:
-      return self._parse(self._raw[index])
+      return {**frame_extras.DEFAULTS, **self._parse(self._raw[index])}
     record = self._source[index]
     missing = [key for key in frame_features.TRAINING_KEYS if key not in record]
     if missing:
       raise ValueError(f"data/pairs.py: record {index} has no {missing}; frame records need "
                        "the fields of data/synthetic_heads/features.py")
-    return {key: record[key] for key in frame_features.TRAINING_KEYS}
+    return {key: record.get(key, frame_extras.DEFAULTS.get(key)) for key in
+            frame_features.TRAINING_KEYS + frame_extras.OPTIONAL_TRAINING_KEYS}
+
+
+class MixedFields:
+  """Several datasets' `TrainingFields` as one: record ids run through them in turn, and video
+  ids are made unique by adding `VIDEO_ID_STRIDE` times the dataset's position (each dataset's
+  videos stay consecutive, the layout `SamplePair` relies on)."""
+
+  VIDEO_ID_STRIDE = 1 << 40
+
+  def __init__(self, parts):
+    self._parts = list(parts)
+    self.starts = np.cumsum([0] + [len(p) for p in self._parts])
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def __getitem__(self, index: int) -> dict:
+    part = int(np.searchsorted(self.starts, index, side="right")) - 1
+    if not 0 <= index < len(self):
+      raise IndexError(f"data/pairs.py: record {index} outside {len(self)}")
+    record = dict(self._parts[part][index - int(self.starts[part])])
+    record[frame_features.VIDEO_ID] = (int(record[frame_features.VIDEO_ID])
+                                       + part * self.VIDEO_ID_STRIDE)
+    return record
 
 
 class ShuffledEpochs(grain.MapDataset):
@@ -189,6 +221,10 @@ class SamplePair(grain.RandomMapTransform):
       pair[f"{prefix}_landmarks"] = np.asarray(example[frame_features.LANDMARKS], np.float32)
       pair[f"{prefix}_landmarks_valid"] = np.asarray(example[frame_features.LANDMARKS_VALID],
                                                      bool)
+      pair[f"{prefix}_landmarks_3d"] = np.bool_(
+          frame_extras.landmark_type(example[frame_extras.LANDMARK_TYPE]) == "3d")
+    pair["target_matte"] = frame_extras.decode_mask(partner[frame_extras.MATTE])
+    pair["target_matte_valid"] = np.bool_(pair["target_matte"] is not None)
     return pair
 
 
@@ -212,9 +248,11 @@ class AugmentPair(grain.RandomMapTransform):
       image = element[f"{prefix}_image"]
       points = element[f"{prefix}_landmarks"]
       valid = element[f"{prefix}_landmarks_valid"]
+      matte = element.get(f"{prefix}_matte")  # (H, W) uint8 or None
       height, width = image.shape[:2]
       if flip:  # a view: the crop below copies it anyway
         image = image[:, ::-1]
+        matte = None if matte is None else matte[:, ::-1]
         points = np.stack([width - 1 - points[:, 0], points[:, 1]], axis=-1)[FLIP_PERMUTATION]
         valid = valid[FLIP_PERMUTATION]
       side = rng.uniform(*aug.zoom) * np.array([width, height])
@@ -225,11 +263,16 @@ class AugmentPair(grain.RandomMapTransform):
       if not (full_frame and width == height == self._size):
         image = crop.crop_image(image, box, self._size)
         points = crop.points_to_crop(points, box, self._size)
+        matte = None if matte is None else crop.crop_image(matte[..., None], box, self._size)[
+            ..., 0]
       inside = np.all((points >= -0.5) & (points <= self._size - 0.5), axis=1)
       valid = valid & inside
       element[f"{prefix}_image"] = image
       element[f"{prefix}_landmarks"] = np.where(valid[:, None], points, 0.0).astype(np.float32)
       element[f"{prefix}_landmarks_valid"] = valid
+      if f"{prefix}_matte" in element:  # the target's: zeros when the dataset has none
+        element[f"{prefix}_matte"] = (np.zeros((self._size, self._size), np.uint8)
+                                      if matte is None else np.ascontiguousarray(matte))
     return element
 
 
@@ -251,6 +294,10 @@ class BatchPairs:
     lead = (self._num_devices, count // self._num_devices)
     batch = {}
     for key in BATCH_KEYS:
+      if key.endswith("_matte"):  # uint8 levels -> [0, 1], no colour change
+        batch[key] = (np.stack([e[key] for e in elements]).astype(np.float32) / 255.0).reshape(
+            lead + elements[0][key].shape)
+        continue
       if not key.endswith("_image"):
         batch[key] = np.stack([e[key] for e in elements]).reshape(lead + np.shape(
             elements[0][key]))
@@ -288,6 +335,39 @@ def open_split(data, split: str):
   return data
 
 
+def _shard_ids(start: int, count: int, shard_index: int, shard_count: int) -> np.ndarray:
+  """Record ids start + shard_index, + shard_count, ... of one shard (equal shares)."""
+  per_shard = count // shard_count
+  if not per_shard:
+    raise ValueError(f"data/pairs.py: {count} record(s) cannot be shared by {shard_count} "
+                     "process(es)")
+  return start + np.arange(shard_index, per_shard * shard_count, shard_count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  """Pairs drawn from several datasets, each dataset a share `weight` of every epoch (weights
+  are normalised): `Mixture(((video_dir, 0.7), (synthetic_dir, 0.3)))`. Each pair comes from
+  one dataset; a batch mixes them."""
+  parts: Tuple[Tuple[object, float], ...]
+
+  def __post_init__(self):
+    weights = [w for _, w in self.parts]
+    if not self.parts or any(not w > 0 for w in weights):
+      raise ValueError(f"data/pairs.py: a Mixture needs datasets with weights > 0, got {weights}")
+
+  def record_ids(self, starts, shard_index: int, shard_count: int) -> np.ndarray:
+    """One epoch's record ids: each dataset's shard, repeated in turn to fill its share of an
+    epoch long enough that every record of every dataset appears at least once."""
+    weights = np.array([w for _, w in self.parts], np.float64)
+    weights /= weights.sum()
+    ids = [_shard_ids(int(a), int(b - a), shard_index, shard_count)
+           for a, b in zip(starts[:-1], starts[1:])]
+    length = max(len(i) / w for i, w in zip(ids, weights))
+    return np.concatenate([np.resize(i, max(len(i), int(round(w * length))))
+                           for i, w in zip(ids, weights)])
+
+
 def make_pair_dataset(data, *, split: str = "train", global_batch_size: int, seed: int,
                       max_gap: int = 8,
                       augment: Union[bool, Augmentation] = True,
@@ -308,18 +388,18 @@ def make_pair_dataset(data, *, split: str = "train", global_batch_size: int, see
                      f"over {shard_count} process(es) x {num_local_devices} local device(s)")
   if not (isinstance(seed, (int, np.integer)) and seed >= 0):
     raise ValueError(f"data/pairs.py: seed must be an integer >= 0, got {seed!r}")
-  frames = TrainingFields(open_split(data, split))
-  per_shard = len(frames) // shard_count
-  if not per_shard:
-    raise ValueError(f"data/pairs.py: {len(frames)} record(s) cannot be shared by "
-                     f"{shard_count} process(es)")
+  if isinstance(data, Mixture):
+    frames = MixedFields([TrainingFields(open_split(d, split)) for d, _ in data.parts])
+    record_ids = data.record_ids(frames.starts, shard_index, shard_count)
+  else:
+    frames = TrainingFields(open_split(data, split))
+    record_ids = _shard_ids(0, len(frames), shard_index, shard_count)
   augmentation = (Augmentation() if augment is True else NO_AUGMENTATION if augment is False
                   else augment)
   # Each shard (JAX process) reads records shard_index, shard_index + shard_count, ... and
   # draws from its own seed, so processes neither repeat each other's records nor draws.
   shard_seed = int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0])
-  records = ShuffledEpochs(range(shard_index, per_shard * shard_count, shard_count), shard_seed,
-                           shuffle, num_epochs)
+  records = ShuffledEpochs(record_ids, shard_seed, shuffle, num_epochs)
   pairs = (records.seed(shard_seed)
            .random_map(SamplePair(frames, max_gap))
            .random_map(AugmentPair(augmentation, image_size)))
@@ -348,8 +428,12 @@ def make_pair_iterator(data, **kwargs) -> grain.DatasetIterator:
   Each batch is a dict of numpy arrays with leading axes (local devices, per-device batch):
   `source_image`, `target_image` (..., H, W, 3) float32 in [0, 1]; `source_landmarks`,
   `target_landmarks` (..., 68, 2) float32 pixels of the output image (0 where invalid);
-  `source_landmarks_valid`, `target_landmarks_valid` (..., 68) bool; `video_id`,
-  `source_frame`, `target_frame` int64. No ground-truth field ever appears.
+  `source_landmarks_valid`, `target_landmarks_valid` (..., 68) bool;
+  `source_landmarks_3d`, `target_landmarks_3d` (...) bool, the landmarks' type
+  (`frame_extras.LANDMARK_TYPE`: True for "3d"); `target_matte` (..., H, W) float32 person
+  matte in [0, 1] (zeros where the dataset has none) and `target_matte_valid` (...) bool;
+  `video_id`, `source_frame`, `target_frame` int64. No ground-truth field ever appears.
+  `data` is one dataset or a `Mixture` of several.
 
   Keyword arguments (see `make_pair_dataset`): split, global_batch_size, seed, max_gap,
   augment (bool or an `Augmentation`), image_size, num_epochs (None: forever), shuffle,

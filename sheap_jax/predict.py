@@ -5,10 +5,13 @@
     python -m sheap_jax.predict --checkpoint runs/cpu --input clip.mp4 --output out/
 
 Each input is an image or a video (PyAV: .mp4, .avi, .mov, .mkv, .webm, ...); a folder is read
-file by file, in name order. The face is found by `crop.detect_faces` (or taken from 68
-landmarks in `--landmarks DIR/<input stem>.npy`: (68, 2) for an image, (T, 68, 2) for a video)
-and cut out with SHeaP's video crop (`crop.py`); a video's boxes are smoothed over frames, and
-frames where no face is found take the box of the nearest frame where one is. `--whole_image`
+file by file, in name order. The face's 68 landmarks come from the face models
+(`sheap_jax.face`: detection and face mesh; a video's face is tracked through its frames), or
+from `--landmarks DIR/<input stem>.npy` ((68, 2) for an image, (T, 68, 2) for a video), and
+SHeaP's video crop (`crop.py`) cuts it out; a video's boxes are smoothed over frames, and frames
+where no face is found take the box of the nearest frame where one is. Without the face models
+(`python -m sheap_jax.face fetch`; or `--lbp`), scikit-image's LBP cascade finds the face, with
+a warning: its crops are looser. `--whole_image`
 takes inputs that are head crops already (such as `synthetic_heads` frames) as they are.
 
 Outputs, in `<output>/<input stem>/`:
@@ -42,6 +45,7 @@ from sheap_jax.inference import checkpoint_predictor
 from sheap_jax.face import crop
 from sheap_jax.inference import export
 from sheap_jax.render import mesh_render
+from sheap_jax.face import crops as face_crops
 
 DETECT_MAX_SIDE = 320  # frames are shrunk to this longest side for the face detector
 MESH_BACKGROUND = 0.2  # grey behind the mesh panel
@@ -106,8 +110,9 @@ def whole_image_box(frame: np.ndarray) -> np.ndarray:
 
 def face_box(frame: np.ndarray, landmarks: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
   """SHeaP's video crop box (4,) of a frame: from its 68 landmarks when at least half are
-  finite, else from the largest detected face (its landmark box estimated by
-  `crop.landmark_box_from_detection`); None when there is no face."""
+  finite, else from the largest face the LBP cascade finds (its landmark box estimated by
+  `crop.landmark_box_from_detection`; the fallback without the face models); None when there
+  is no face."""
   height, width = frame.shape[:2]
   if landmarks is not None:
     valid = np.all(np.isfinite(landmarks), axis=1)
@@ -293,7 +298,23 @@ class Runner:
                               disable=args.quiet)
 
   def box(self, frame: np.ndarray, landmarks: Optional[np.ndarray]) -> Optional[np.ndarray]:
-    return whole_image_box(frame) if self.args.whole_image else face_box(frame, landmarks)
+    if self.args.whole_image:
+      return whole_image_box(frame)
+    if landmarks is None and self.face_models is not None:
+      return face_crops.photo_faces(self.face_models, frame).boxes[0]
+    return face_box(frame, landmarks)
+
+  def video_boxes(self, source: reader.Source, landmarks: Optional[np.ndarray]):
+    """Per frame: the crop box, or None where no face is found."""
+    if landmarks is None and not self.args.whole_image and self.face_models is not None:
+      return face_crops.video_faces(self.face_models, reader.read_frames(source)).boxes
+    return [self.box(frame, None if landmarks is None or t >= len(landmarks) else landmarks[t])
+            for t, frame in enumerate(reader.read_frames(source))]
+
+  @functools.cached_property
+  def face_models(self):
+    """The face models (loaded at the first face to find), or None: the LBP cascade instead."""
+    return None if self.args.lbp else face_crops.load_models()
 
   def skip(self, path: str, reason: str) -> None:
     self.skipped += 1
@@ -326,8 +347,7 @@ class Runner:
   def video(self, path: str) -> None:
     source = reader.Source(os.path.basename(path), path)
     landmarks = read_landmarks(self.args.landmarks, path, (None, 68, 2))
-    boxes = [self.box(frame, None if landmarks is None or t >= len(landmarks) else landmarks[t])
-             for t, frame in enumerate(reader.read_frames(source))]
+    boxes = self.video_boxes(source, landmarks)
     if not boxes:
       raise SkipInput("the video has no frames")
     # Whole frames are one box per video: nothing to fill or smooth (and, padded to a square,
@@ -387,6 +407,8 @@ def parse_args(argv=None):
   parser.add_argument("--batch_size", type=int, default=8, help="frames per model call")
   parser.add_argument("--landmarks", help="folder of <input stem>.npy 68-point landmarks "
                                           "(pixels); without one, the face detector")
+  parser.add_argument("--lbp", action="store_true",
+                      help="find faces with scikit-image's LBP cascade, not the face models")
   parser.add_argument("--whole_image", action="store_true",
                       help="inputs are head crops already (e.g. synthetic_heads frames): use "
                            "each whole frame, padded to a square, instead of finding the face")

@@ -44,12 +44,15 @@ from sheap_jax.training import checkpoints
 from sheap_jax.head import flame as flame_lib
 from sheap_jax.render import mesh_render
 from sheap_jax.training import objective
+from sheap_jax.evaluation import heldout as heldout_validation
 from sheap_jax.evaluation import scoring
 
 _FILE = "sheap_jax/train.py"
 DATA_AXIS = "data"
-# Batch keys the objective reads: the two frames, then the target's landmarks if present.
-MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_landmarks_valid")
+# Batch keys the objective reads: the two frames, then the target's landmarks (their type) and
+# person matte if present.
+MODEL_INPUTS = ("source_image", "target_image", "target_landmarks", "target_landmarks_valid",
+                "target_landmarks_3d", "target_matte", "target_matte_valid")
 
 
 @struct.dataclass
@@ -287,10 +290,15 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
   frozen_host = objective.build_frozen(config, flame_model)
   frozen = replicate(frozen_host, mesh)
   optimizer = make_optimizer(config)
+  heldout = None
   if data_iterator is None:
-    dataset = datasets.open_dataset(config.data)
+    dataset = datasets.open_dataset(config)
     data_iterator = make_data_iterator(config, mesh, dataset)
-    validation = validation_set(config, dataset, flame_model) if config.eval_every else None
+    synthetic = datasets.synthetic_dataset(config, dataset) if config.eval_every else None
+    validation = None if synthetic is None else validation_set(config, synthetic, flame_model)
+    video = datasets.video_dataset(dataset) if config.eval_every else None
+    if video is not None:
+      heldout = heldout_validation.HeldOutPairs.load(networks, config, video)
 
   manager = checkpoints.open_manager(workdir, config)
   abstract = jax.eval_shape(lambda: init_state(networks, frozen, config, optimizer))
@@ -363,6 +371,8 @@ def train(config, workdir: str, data_iterator: Optional[Iterator] = None,
         writer.write(step, {f"synthetic_neutral/{k}": v for k, v in results["model"].items()
                             if k != "step"})
         logging.info("step %d: %s", step, validation_line(results, split))
+      if heldout is not None and (step % config.eval_every == 0 or step == config.total_steps):
+        writer.write(step, {f"heldout/{k}": v for k, v in heldout(state.params, frozen).items()})
       if step % config.checkpoint_every == 0 or step == config.total_steps or stop_requested:
         checkpoints.save(manager, state, data_iterator.get_state(), config)
       if stop_requested:
@@ -400,7 +410,8 @@ def main(argv):
         process_id=int(os.environ["SHEAP_JAX_PROCESS_ID"]))
   try:
     train(_CONFIG.value, _WORKDIR.value)
-  except checkpoints.LayoutMismatchError as error:  # a user error: the message, no traceback
+  except (checkpoints.LayoutMismatchError, datasets.ConfigError) as error:  # a user error:
+    # the message, no traceback
     sys.exit(f"error: {error}")
 
 

@@ -49,11 +49,11 @@ def test_study_variants_are_config_arguments(variant):
 
 
 def test_dataset_registry_refuses_unknown_names_and_unbuilt_data(tmp_path):
-  data = base.get_config("cpu").data
-  data.name = "imagenet"
-  with pytest.raises(ValueError, match=r"^data/datasets.py: config.data.name='imagenet'; "
-                                       r"registered datasets: \['synthetic_heads'\]$"):
-    datasets.open_dataset(data)
-  data.name, data.data_dir, data.build_if_missing = "synthetic_heads", str(tmp_path), False
-  with pytest.raises(FileNotFoundError, match="synthetic_heads/demo is not built under"):
-    datasets.open_dataset(data)
+  config = base.get_config("cpu")
+  config.data.name = "imagenet"
+  with pytest.raises(datasets.ConfigError, match=r"^config.data.name='imagenet'; registered "
+                     r"datasets: \['synthetic_heads', 'video_folder'\]$"):
+    datasets.open_dataset(config)
+  config.data.update(name="synthetic_heads", data_dir=str(tmp_path), build_if_missing=False)
+  with pytest.raises(datasets.ConfigError, match="synthetic_heads/demo is not built under"):
+    datasets.open_dataset(config)

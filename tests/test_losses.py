@@ -317,6 +317,7 @@ def _full_context(rng):
           eyelids=f32(rng.random((B, 2)))),
       gaussian_offsets=f32(2 * rng.standard_normal((6, 2, 3))),
       gaussian_scales=f32(rng.random((6, 2, 2))), gaussian_opacities=f32(rng.random((6, 2))),
+      matte=f32(rng.random((B, H, W))), matte_valid=f32(np.ones(B)),
       feature_fn=patch_features)
 
 
@@ -338,6 +339,7 @@ def test_default_config_covers_every_term_and_overrides_change_one_term():
   assert set(config.keys()) == set(losses.registered_losses())
   assert config.depth.buffer == "depth" and config.ssim.window_size == 11
   config.gaussian_opacity.weight = 0.5  # switched on, so every term is evaluated
+  config.silhouette.weight = 0.5
   total, values = losses.total_loss(config, context)
   assert set(values) == set(losses.registered_losses())
   assert all(np.isfinite(float(v)) and float(v) > 0 for v in values.values())

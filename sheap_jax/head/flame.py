@@ -7,7 +7,8 @@ the kinematic tree (root, neck, jaw, left eye, right eye); the translation is ad
 
 Landmarks follow DECA: 68 = 17 contour + 51 static points (iBUG order). With DECA's dynamic
 embedding, the contour row is picked by the head's yaw from the neck chain's rotation; without
-one, the contour of the full 68-point embedding is used. The 7 NoW points (iBUG 36, 39, 42, 45,
+one, the contour of the full 68-point embedding is used. `landmarks68_static` is the full
+embedding (DECA's landmarks3d), for 3D-type detections. The 7 NoW points (iBUG 36, 39, 42, 45,
 33, 48, 54) come from the full 68-point embedding, as in DECA's NoW export.
 """
 import jax
@@ -60,6 +61,9 @@ class FlameOutput:
   vertices: jnp.ndarray  # (B, V, 3)
   joints: jnp.ndarray  # (B, 5, 3) posed joint locations
   landmarks68: jnp.ndarray  # (B, 68, 3) iBUG 68 (dynamic contour + static), as DECA's 2D set
+  # (B, 68, 3) iBUG 68 of the full embedding: the jaw on the 3D jaw line whatever the yaw, as
+  # DECA's landmarks3d; what 3D-type detections (face mesh, FAN 3D) mark.
+  landmarks68_static: jnp.ndarray
   landmarks_now: jnp.ndarray  # (B, 7, 3) NoW's 7 points
 
 
@@ -241,6 +245,8 @@ def flame_forward(model: FlameModel, params: FlameParams) -> FlameOutput:
       vertices=vertices,
       joints=joints + params.translation[:, None, :],
       landmarks68=_barycentric_points(vertices, model.faces, lmk_faces, lmk_bary),
+      landmarks68_static=_barycentric_points(vertices, model.faces, model.full_lmk_faces,
+                                             model.full_lmk_bary),
       landmarks_now=_barycentric_points(vertices, model.faces, model.full_lmk_faces[now],
                                         model.full_lmk_bary[now]),
   )

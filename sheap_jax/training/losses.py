@@ -49,6 +49,8 @@ class LossContext:
   landmarks: Optional[jnp.ndarray] = None  # (B, L, 2) projected predicted landmarks, pixels
   landmarks_target: Optional[jnp.ndarray] = None  # (B, L, 2) detected 2D landmarks, pixels
   landmarks_valid: Optional[jnp.ndarray] = None  # (B, L) 1 where a detection exists
+  matte: Optional[jnp.ndarray] = None  # (B, H, W) target's person matte in [0, 1] (real footage)
+  matte_valid: Optional[jnp.ndarray] = None  # (B,) 1 where the target has a matte
   flame_source: Any = None  # flame.FlameParams predicted from the source frame
   flame_target: Any = None  # flame.FlameParams predicted from the target frame
   gaussian_offsets: Optional[jnp.ndarray] = None  # (..., 3) local offsets, units of face scale
@@ -195,6 +197,37 @@ def landmark_loss(context: LossContext, epsilon: float = 1e-3) -> jnp.ndarray:
     return jnp.mean(penalty)
   valid = jax.lax.stop_gradient(context.landmarks_valid.astype(jnp.float32))
   return jnp.sum(penalty * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Silhouette against the person matte.
+
+_SILHOUETTE_MODES = ("outside", "l1", "bce")
+
+
+@register("silhouette")
+def silhouette_loss(context: LossContext, mode: str = "outside") -> jnp.ndarray:
+  """The render's alpha against the target's person matte: the mean over pixels, averaged over
+  the batch with pairs that have no matte adding 0. The matte covers the whole person (hair,
+  neck, torso) and the render only the head, so the default `mode="outside"` penalises only
+  coverage of the backdrop, mean alpha (1 - matte); "l1" is mean |alpha - matte|, "bce" the
+  binary cross entropy of alpha against the matte (both also pull the head over hair and
+  torso)."""
+  if mode not in _SILHOUETTE_MODES:
+    raise ValueError(f"{_FILE}: loss 'silhouette' option mode={mode!r}; expected one of "
+                     f"{_SILHOUETTE_MODES}")
+  _require(context, "silhouette", "matte", "matte_valid")
+  alpha = context.render.alpha
+  matte = jax.lax.stop_gradient(context.matte.astype(jnp.float32))
+  if mode == "outside":
+    error = alpha * (1.0 - matte)
+  elif mode == "l1":
+    error = jnp.abs(alpha - matte)
+  else:
+    clipped = jnp.clip(alpha, 1e-6, 1.0 - 1e-6)
+    error = -matte * jnp.log(clipped) - (1.0 - matte) * jnp.log(1.0 - clipped)
+  has = jax.lax.stop_gradient(context.matte_valid.astype(jnp.float32))
+  return jnp.sum(jnp.mean(error, axis=(1, 2)) * has) / error.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------

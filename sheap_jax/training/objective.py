@@ -102,6 +102,7 @@ class Reanimation:
   image: jnp.ndarray  # (B, H, W, 3) target image at render size
   vertices: jnp.ndarray  # (B, V, 3) target mesh, world (FLAME) frame
   landmarks: jnp.ndarray  # (B, 68, 2) projected FLAME landmarks, render pixels
+  landmarks_static: jnp.ndarray  # (B, 68, 2) the same, full embedding (static jaw; 3D-type)
   Ks: jnp.ndarray  # (B, 3, 3)
   viewmats: jnp.ndarray  # (B, 4, 4)
   # The target mesh's buffers (constants): from the z-buffer renderer for Gaussians; for the
@@ -342,12 +343,14 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
       networks, params, frozen, config, source, tokens, flame_out.vertices, Ks, viewmats,
       lighting, background)
 
-  landmarks = jax.vmap(lambda K_, v, p: camera_lib.project(
-      K_, camera_lib.world_to_camera(v, p)))(Ks, viewmats, flame_out.landmarks68)
+  landmarks, landmarks_static = (jax.vmap(lambda K_, v, p: camera_lib.project(
+      K_, camera_lib.world_to_camera(v, p)))(Ks, viewmats, points)
+      for points in (flame_out.landmarks68, flame_out.landmarks68_static))
   return Reanimation(
       render=render, image=resize_images(target_image, size), vertices=flame_out.vertices,
-      landmarks=landmarks, Ks=Ks, viewmats=viewmats, mesh_depth=depth, mesh_normals=normals,
-      mesh_mask=mask, source=source, target=target, local_gaussians=local, texture=texture)
+      landmarks=landmarks, landmarks_static=landmarks_static, Ks=Ks, viewmats=viewmats,
+      mesh_depth=depth, mesh_normals=normals, mesh_mask=mask, source=source, target=target,
+      local_gaussians=local, texture=texture)
 
 
 def _draw_gaussians(networks, params, frozen, config, source, tokens, vertices, Ks, viewmats,
@@ -419,6 +422,15 @@ def _to_render_pixels(points: jnp.ndarray, image_size: int, render_size: int) ->
   return (points + 0.5) * (render_size / image_size) - 0.5
 
 
+def matching_landmarks(out: Reanimation, batch: Dict[str, jnp.ndarray]) -> jnp.ndarray:
+  """(B, 68, 2) projected FLAME landmarks of the embedding each target's detections follow:
+  the full embedding (static jaw) where `target_landmarks_3d`, else DECA's dynamic contour."""
+  is_3d = batch.get("target_landmarks_3d")
+  if is_3d is None:
+    return out.landmarks
+  return jnp.where(jnp.asarray(is_3d, bool)[:, None, None], out.landmarks_static, out.landmarks)
+
+
 def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jnp.ndarray],
                  out: Reanimation) -> losses.LossContext:
   """Everything `losses.total_loss` reads, for one reanimated batch."""
@@ -427,11 +439,15 @@ def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jn
   if landmarks_target is not None:
     landmarks_target = _to_render_pixels(landmarks_target, batch["target_image"].shape[1],
                                          config.render.size)
+  matte = batch.get("target_matte")
+  if matte is not None:
+    matte = resize_images(matte[..., None], config.render.size)[..., 0]
   return losses.LossContext(
       render=out.render, image=out.image, intrinsics=out.Ks,
       mesh_depth=out.mesh_depth, mesh_normals=out.mesh_normals, mesh_mask=out.mesh_mask,
-      landmarks=out.landmarks, landmarks_target=landmarks_target,
+      landmarks=matching_landmarks(out, batch), landmarks_target=landmarks_target,
       landmarks_valid=batch.get("target_landmarks_valid"),
+      matte=matte, matte_valid=batch.get("target_matte_valid"),
       flame_source=_flame_params(out.source, out.source),
       flame_target=_flame_params(out.target, out.target),
       gaussian_offsets=None if local is None else local.offsets,
