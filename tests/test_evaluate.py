@@ -262,7 +262,7 @@ def test_bad_benchmark_predictor_and_now_path_give_clear_errors(data_dir, tmp_pa
       (["--benchmark", "now", "--now_dir", str(tmp_path / "absent")],
        "NoW dataset folder not found"),
       (["--predictor", "mean_hed"], "unknown predictor 'mean_hed'"),
-      (["--predictor", f"checkpoint:{tmp_path}"], "sheap_jax.inference.checkpoint_predictor"),
+      (["--predictor", f"checkpoint:{tmp_path}"], "sheap_jax/inference/checkpoint_predictor.py"),
   ]
   for argv, message in cases:
     with pytest.raises(SystemExit):

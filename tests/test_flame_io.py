@@ -241,7 +241,7 @@ def test_deca_embedding_with_torch_tensors_reads_without_torch(tmp_path):
   torch_npy = tmp_path / "landmark_embedding.npy"
   np.save(torch_npy, holder)
   out = tmp_path / "read.npz"
-  code = ("import numpy as np; from sheap_jax import flame_io\n"
+  code = ("import numpy as np; from sheap_jax.head import flame_io\n"
           "a = flame_io.load_flame_assets(sys.argv[1], landmark_embedding=sys.argv[2])\n"
           "np.savez(sys.argv[3], **a['landmark_embedding'])")
   result = _run_without_torch(code, str(tmp_path / "flame"), str(torch_npy), str(out))

@@ -16,6 +16,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 import tensorflow_datasets as tfds
 
+from data import frame_extras
 from data import png
 from data.synthetic_heads import assets
 from data.synthetic_heads import variants
@@ -105,9 +106,13 @@ def test_layout_splits_and_training_view(built):
       assert image.std() > 10  # a picture, not a flat colour
       np.testing.assert_array_equal(image, _pillow_decode(r[F.IMAGE]))  # a standard PNG
       fields = training_reads[split][i]  # what the pair pipeline reads: the same values
-      assert set(fields) == set(F.TRAINING_KEYS)
+      # The stored fields, and the defaults of real footage's optional ones (synthetic data
+      # store none of them: "2d" landmarks, no matte).
+      assert set(fields) == set(F.TRAINING_KEYS) | set(frame_extras.OPTIONAL_TRAINING_KEYS)
       for key in F.TRAINING_KEYS:
         np.testing.assert_array_equal(fields[key], r[key])
+      for key in frame_extras.OPTIONAL_TRAINING_KEYS:
+        np.testing.assert_array_equal(fields[key], frame_extras.DEFAULTS[key])
       training = F.drop_ground_truth(r)
       assert set(training) == set(F.TRAINING_KEYS) == {
           F.IMAGE, F.LANDMARKS, F.LANDMARKS_VALID, F.VIDEO_ID, F.FRAME_INDEX,
