@@ -229,6 +229,11 @@ def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
   assert model_result["ratio_low"] <= model_result["ratio"] <= model_result["ratio_high"]
   assert results["split"] == "validation (generalisation)"
   assert "from_template_aligned_mm" in model_result and "from_template_mm" in model_result
+  with open(os.path.join(full, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert records[0]["step"] == 0  # the mean head, then the model at the last step
+  assert records[0]["synthetic_neutral/mean_head/median_mm"] == results["mean_head"]["median_mm"]
+  assert [r["step"] for r in records if "synthetic_neutral/ratio" in r] == [6]
   assert checkpoints.load_config(full).to_dict() == json.loads(json.dumps(config_full.to_dict()))
 
   # Killed after step 3: the last checkpoint is step 2; step 3 is lost and redone.

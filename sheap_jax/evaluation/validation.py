@@ -146,7 +146,7 @@ def _evaluation(name, model, data, run, split, workdir) -> _Evaluation:
              if evaluators.get(name).reads == "now" else {})
     return evaluators.run(name, predictor, model, data, **run, **extra)
 
-  baseline = score(predictors.mean_head, benchmarks.BASELINE)
+  baseline = score(predictors.mean_head_of(model), benchmarks.BASELINE)
   results = dict(split=scoring.split_label(split), mean_head=baseline.summary())
   if baseline.recovery:
     results["ground_truth"] = baseline.ground_truth()
