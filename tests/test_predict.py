@@ -24,6 +24,7 @@ from sheap_jax.head import flame
 from sheap_jax.head import flame_io
 from sheap_jax.training import objective
 from sheap_jax import predict
+from sheap_jax.inference import pipeline
 from sheap_jax.face import crops as face_crops
 from sheap_jax.evaluation import predictors
 from sheap_jax.render import rigging
@@ -176,7 +177,7 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   result = tmp_path / "out" / "good"
   params = np.load(result / "params.npz")
   models = face_crops.load_models()
-  box = predict.face_box(good) if models is None else face_crops.photo_faces(models,
+  box = pipeline.face_box(good) if models is None else face_crops.photo_faces(models,
                                                                              good).boxes[0]
   np.testing.assert_allclose(params["crop_box"], box, atol=1e-4)
   expected = model.predict(np.stack([crop.crop_image(good, box, CROP)] * 2), avatar=True)
