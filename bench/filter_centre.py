@@ -129,12 +129,12 @@ def training_record(config_spec):
   from bench import train as bench_train  # pylint: disable=g-import-not-at-top
   from sheap_jax.training import objective  # pylint: disable=g-import-not-at-top
   from sheap_jax.render import rigging  # pylint: disable=g-import-not-at-top
-  from sheap_jax import train  # pylint: disable=g-import-not-at-top
+  from sheap_jax.training import trainer  # pylint: disable=g-import-not-at-top
 
   config = bench_train.load_config(config_spec)
   networks = objective.build_networks(config)
   frozen = objective.build_frozen(config, objective.load_flame_model(config))
-  state = train.init_state(networks, frozen, config, train.make_optimizer(config))
+  state = trainer.init_state(networks, frozen, config, trainer.make_optimizer(config))
   size = config.model.image_size
   rng = np.random.default_rng(0)
   images = [jnp.asarray(rng.random((config.batch_size, size, size, 3), dtype=np.float32))

@@ -50,7 +50,7 @@ from bench import json_out  # noqa: E402
 from sheap_jax.geometry import camera as camera_lib  # noqa: E402
 from sheap_jax.render import mesh_baseline  # noqa: E402
 from sheap_jax.training import objective  # noqa: E402
-from sheap_jax import train  # noqa: E402
+from sheap_jax.training import trainer  # noqa: E402
 
 
 def load_config(spec: str, overrides=()):
@@ -120,13 +120,13 @@ def renderer_rounds(config, spec: str, devices: int):
   """(one_round, record): one_round() times the renderer alone and then one train step of
   `config` on its first `devices` local devices (the first call compiles); record(times) is the
   result for the rounds' (step ms, renderer ms)."""
-  mesh = train.make_mesh(jax.local_devices()[:devices])
+  mesh = trainer.make_mesh(jax.local_devices()[:devices])
   networks = objective.build_networks(config)
   frozen_host = objective.build_frozen(config, objective.load_flame_model(config))
-  frozen = train.replicate(frozen_host, mesh)
-  optimizer = train.make_optimizer(config)
-  state = [train.replicate(train.init_state(networks, frozen_host, config, optimizer), mesh)]
-  step = train.make_train_step(networks, config, optimizer, mesh)
+  frozen = trainer.replicate(frozen_host, mesh)
+  optimizer = trainer.make_optimizer(config)
+  state = [trainer.replicate(trainer.init_state(networks, frozen_host, config, optimizer), mesh)]
+  step = trainer.make_train_step(networks, config, optimizer, mesh)
 
   per_device = max(config.batch_size // devices, 1)
   size = config.model.image_size
@@ -135,7 +135,7 @@ def renderer_rounds(config, spec: str, devices: int):
            for name in ("source_image", "target_image")}
   batch["target_landmarks"] = rng.random((devices, per_device, 68, 2), np.float32) * size
   batch["target_landmarks_valid"] = np.ones((devices, per_device, 68), np.float32)
-  sharded = train.shard_batch(batch, mesh)
+  sharded = trainer.shard_batch(batch, mesh)
   device_batch = [jnp.asarray(batch[name][0]) for name in ("source_image", "target_image")]
   reanimate = jax.jit(lambda p, f, s, t: objective.reanimate(networks, p, f, config, s, t))
   forward_backward, inputs_of, splats_of = renderer_forward_backward(config, frozen_host)

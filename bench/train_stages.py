@@ -41,7 +41,7 @@ from sheap_jax.head import flame as flame_lib  # noqa: E402
 from sheap_jax.training import losses  # noqa: E402
 from sheap_jax.training import objective  # noqa: E402
 from sheap_jax.render import rigging  # noqa: E402
-from sheap_jax import train  # noqa: E402
+from sheap_jax.training import trainer  # noqa: E402
 from sheap_jax.models import dinov2  # noqa: E402
 
 
@@ -121,11 +121,11 @@ def stage_functions(config, networks, frozen, params, batch):
 
 def profile(config, repeats: int):
   """({stage: median ms}, info) for the Gaussian step of `config` on the local devices."""
-  mesh = train.make_mesh(jax.local_devices())
+  mesh = trainer.make_mesh(jax.local_devices())
   networks = objective.build_networks(config)
   frozen_host = objective.build_frozen(config, objective.load_flame_model(config))
-  optimizer = train.make_optimizer(config)
-  state_host = train.init_state(networks, frozen_host, config, optimizer)
+  optimizer = trainer.make_optimizer(config)
+  state_host = trainer.init_state(networks, frozen_host, config, optimizer)
   devices = mesh.devices.size
   per_device = max(config.batch_size // devices, 1)
   size = config.model.image_size
@@ -137,10 +137,10 @@ def profile(config, repeats: int):
   stages, out = stage_functions(config, networks, frozen_host, state_host.params,
                                 {k: jnp.asarray(v[0]) for k, v in batch.items()})
 
-  frozen = train.replicate(frozen_host, mesh)
-  state = [train.replicate(jax.tree.map(jnp.copy, state_host), mesh)]  # the step donates it
-  step = train.make_train_step(networks, config, optimizer, mesh)
-  sharded = train.shard_batch(batch, mesh)
+  frozen = trainer.replicate(frozen_host, mesh)
+  state = [trainer.replicate(jax.tree.map(jnp.copy, state_host), mesh)]  # the step donates it
+  step = trainer.make_train_step(networks, config, optimizer, mesh)
+  sharded = trainer.shard_batch(batch, mesh)
 
   def train_step():
     state[0], metrics = step(state[0], frozen, sharded)

@@ -137,11 +137,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets. name:
   # synthetic_heads or video_folder; mix_with "name/variant" takes mix_weight of each epoch;
-  # synthetic_eval "synthetic_heads/variant" scores synthetic_neutral when training on videos
-  # (data/datasets.py).
+  # synthetic_eval "synthetic_heads/variant" is the data of the synthetic evaluators
+  # (`config.evals`) when training on videos (data/datasets.py). A video_folder run's held-out
+  # validation reanimates eval_pairs pairs of its eval_split clips (evaluation/heldout.py).
   c.data = dict(name="synthetic_heads", variant="small", data_dir="", split="train",
-                eval_split="validation", build_if_missing=False, max_gap=8, augment=True,
-                num_workers=4, mix_with="", mix_weight=0.5, synthetic_eval="")
+                eval_split="validation", eval_pairs=64, build_if_missing=False, max_gap=8,
+                augment=True, num_workers=4, mix_with="", mix_weight=0.5, synthetic_eval="")
   c.batch_size = 64  # global, over all devices of all hosts
   c.total_steps = 200_000
   c.optimizer = dict(name="adamw", learning_rate=1e-4, warmup_steps=2_000, end_factor=0.01,
@@ -151,7 +152,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.checkpoint_every = 2_000
   c.keep_checkpoints = 3
   c.eval_every = 5_000
-  c.eval_images = 64  # held-out identities scored by the NoW metric (synthetic_neutral)
+  # Validation: evaluator name -> options (sheap_jax/evaluation/validation.py), the evaluators
+  # `python -m sheap_jax.evaluate` runs; here the NoW metric on the first frame of 64 held-out
+  # identities (split="train" scores identities trained on: fitting).
+  c.evals = dict(synthetic_neutral=dict(images=64, split="validation"))
   c.preview_every = 1_000
 
   if "cpu" in presets:
@@ -183,6 +187,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.log_every = 5
     c.checkpoint_every = 25
     c.eval_every = 50
-    c.eval_images = 16  # every validation identity of the `demo` data
+    c.evals.synthetic_neutral.images = 16  # every validation identity of the `demo` data
+    c.data.eval_pairs = 16
     c.preview_every = 50
   return apply_arguments(c, named)

@@ -28,19 +28,21 @@ import tensorflow_datasets as tfds
 from data.synthetic_heads import assets
 from data.synthetic_heads import builder
 from sheap_jax.evaluation import benchmarks
+from sheap_jax.evaluation import evaluators
 from sheap_jax.evaluation import expression_probe
 from sheap_jax.head import flame
 from sheap_jax.evaluation import predictors
 from sheap_jax.evaluation import scoring
 from sheap_jax.metrics import now_data
 
-SPLITS = {"train": None, "validation": "val", "test": "test"}  # synthetic split -> NoW list
+SPLITS = ("train", "validation", "test")
+BENCHMARKS = evaluators.names() + (benchmarks.PROBE,)
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--benchmark", default="synthetic_neutral",
-                      help=f"comma-separated, of {', '.join(benchmarks.NAMES)}")
+                      help=f"comma-separated, of {', '.join(BENCHMARKS)}")
   parser.add_argument("--predictor", default="mean_head,oracle",
                       help=f"comma-separated, of {', '.join(predictors.BUILT_IN)}, "
                            f"{', '.join(n + ':VALUE' for n in predictors.CALIBRATION)} or "
@@ -63,16 +65,16 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
 
   args.benchmarks = [b for b in args.benchmark.split(",") if b]
-  unknown = [b for b in args.benchmarks if b not in benchmarks.NAMES]
+  unknown = [b for b in args.benchmarks if b not in BENCHMARKS]
   if unknown or not args.benchmarks:
     parser.error(f"unknown benchmark {unknown or args.benchmark!r}: expected one or more of "
-                 f"{', '.join(benchmarks.NAMES)}")
+                 f"{', '.join(BENCHMARKS)}")
   if "now" in args.benchmarks:
     if not args.now_dir:
       parser.error("--benchmark now needs --now_dir, the NoW dataset folder")
     if not os.path.isdir(args.now_dir):
       parser.error(f"--now_dir {args.now_dir}: NoW dataset folder not found")
-    if SPLITS[args.split] is None:
+    if args.split not in evaluators.NOW_SPLITS:
       parser.error(f"--benchmark now has no {args.split!r} split: NoW lists only validation "
                    "and test images")
   if args.max_items is not None and args.max_items < 1:
@@ -114,21 +116,20 @@ def synthetic_source(data_dir, config, split):
 
 
 def run_benchmark(name, args, model, data):
-  """{predictor name: BenchmarkResult} of one benchmark, the baseline (mean_head) first."""
+  """{predictor name: BenchmarkResult} of one evaluator (`evaluators`), the baseline
+  (mean_head) first."""
   results = {}
   ordered = {benchmarks.BASELINE: predictors.get_predictor(benchmarks.BASELINE),
              **args.predictors}
   for predictor_name, predictor in ordered.items():
-    if name == "now":
-      predictions_dir = os.path.join(args.out, "now_predictions", _safe_name(predictor_name))
-      results[predictor_name] = benchmarks.now_benchmark(
-          predictor, model, data, predictions_dir, split=SPLITS[args.split],
-          challenge=args.now_challenge, max_items=args.max_items, batch_size=args.batch_size)
-    else:
-      frames = {} if args.frames_per_identity is None else {
-          "frames_per_identity": args.frames_per_identity}
-      results[predictor_name] = benchmarks.SYNTHETIC[name](
-          predictor, model, data, max_items=args.max_items, batch_size=args.batch_size, **frames)
+    options = dict(max_items=args.max_items, batch_size=args.batch_size)
+    if evaluators.get(name).reads == "now":
+      options.update(predictions_dir=os.path.join(args.out, "now_predictions",
+                                                  _safe_name(predictor_name)),
+                     split=evaluators.NOW_SPLITS[args.split], challenge=args.now_challenge)
+    elif args.frames_per_identity is not None:
+      options.update(frames_per_identity=args.frames_per_identity)
+    results[predictor_name] = evaluators.run(name, predictor, model, data, **options)
   return results
 
 
@@ -160,7 +161,7 @@ def measures(name, split):
 
 def split_text(name, split):
   """The split as printed (NoW: its image list) and what its scores measure."""
-  return f"{SPLITS[split] if name == 'now' else split} ({measures(name, split)})"
+  return f"{evaluators.NOW_SPLITS[split] if name == 'now' else split} ({measures(name, split)})"
 
 
 def write_outputs(name, results, comparisons, args):
@@ -170,7 +171,7 @@ def write_outputs(name, results, comparisons, args):
       results, os.path.join(args.out, f"{name}_cumulative.png"))
   report = {
       "benchmark": name,
-      "split": args.split if name != "now" else SPLITS[args.split],
+      "split": args.split if name != "now" else evaluators.NOW_SPLITS[args.split],
       "measures": measures(name, args.split),
       "data": args.now_dir if name == "now" else os.path.join(args.data_dir, "synthetic_heads",
                                                                args.config),

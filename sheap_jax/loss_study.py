@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 
 from configs import base
-from sheap_jax import train  # also defines the --config and --workdir flags
+from sheap_jax import train  # pylint: disable=unused-import  (defines --config, --workdir)
+from sheap_jax.training import loop
 
 _FILE = "sheap_jax/loss_study.py"
 # name -> (what it trains with, its named arguments of configs/base.py)
@@ -129,7 +130,7 @@ def run_study(config, workdir: str, variants: List[str], seeds: List[int]) -> Di
       cfg = variant_config(config, variant, seed)
       if not _finished(result_path, cfg.total_steps):
         logging.info("training %s, seed %d -> %s", variant, seed, run_dir)
-        train.train(cfg, run_dir)
+        loop.train(cfg, run_dir)
       with open(result_path) as f:
         result = json.load(f)
       runs.append(dict(variant=variant, seed=seed, median_mm=result["model"]["median_mm"],

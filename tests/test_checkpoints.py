@@ -15,7 +15,8 @@ import pytest
 
 from sheap_jax.training import checkpoints
 from sheap_jax.head import flame_io
-from sheap_jax import train
+from sheap_jax.training import loop
+from sheap_jax.training import trainer
 from tests.test_objective import small_flame_assets, small_flame_model
 from tests.test_train import PER_DEVICE, PairBatches, sgd_config
 
@@ -26,7 +27,7 @@ def toy_state(rng, shape=(3, 4), step=3):
             "bias": jnp.asarray(rng.standard_normal(shape[-1:]), jnp.float32)}
   opt_state = optax.adamw(1e-3).init(params)
   opt_state = jax.tree.map(lambda x: x + jnp.asarray(rng.random(x.shape), x.dtype), opt_state)
-  return train.TrainState(step=jnp.int32(step), params=params, opt_state=opt_state,
+  return trainer.TrainState(step=jnp.int32(step), params=params, opt_state=opt_state,
                           skipped_steps=jnp.int32(rng.integers(5)))
 
 
@@ -101,7 +102,7 @@ def test_resuming_a_gaussians_run_with_the_mesh_renderer_is_refused(tmp_path):
   gaussians_config = sgd_config()
   workdir = str(tmp_path / "run")
   with pytest.warns(UserWarning, match="random initialisation"):  # DINOv2
-    state = train.train(gaussians_config, workdir, PairBatches(4, PER_DEVICE),
+    state = loop.train(gaussians_config, workdir, PairBatches(4, PER_DEVICE),
                         flame_model=model, stop_after=2)  # checkpoint_every = 2: saved at 2
   saved = tree_bytes(workdir + "/checkpoints")
   assert int(state.step) == 2 and "2/state/_METADATA" in saved
@@ -113,7 +114,7 @@ def test_resuming_a_gaussians_run_with_the_mesh_renderer_is_refused(tmp_path):
   mesh_config.flame_path = head
   with pytest.warns(UserWarning, match="random initialisation"):
     with pytest.raises(checkpoints.LayoutMismatchError) as error:
-      train.train(mesh_config, workdir, PairBatches(4, PER_DEVICE))
+      loop.train(mesh_config, workdir, PairBatches(4, PER_DEVICE))
   message = str(error.value)
   assert os.path.join(workdir, "checkpoints", "2") in message
   assert "renderer: 'gaussians' vs 'mesh'" in message

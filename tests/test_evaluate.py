@@ -14,12 +14,15 @@ import pytest
 from data.synthetic_heads import assets
 from data.synthetic_heads import builder
 from data.synthetic_heads import variants
+from configs import base
+from data import datasets
 from sheap_jax.evaluation import benchmarks
+from sheap_jax.evaluation import evaluators
 from sheap_jax import evaluate
 from sheap_jax.head import flame
 from sheap_jax.evaluation import predictors
 from sheap_jax.evaluation import scoring
-from sheap_jax import train
+from sheap_jax.evaluation import validation
 from sheap_jax.metrics import now
 from sheap_jax.metrics import now_data
 
@@ -93,39 +96,77 @@ def test_oracle_scores_zero_and_mean_head_does_not(source):
 
 
 # The code at a349c4d on this split (how: docs/evaluation.md, "Pinned values"):
-# benchmarks.synthetic_neutral with its default 2 frames per identity, and train.validation_set
-# (first frame per identity, 32 px) scored by train.synthetic_neutral. Both frames of an
+# benchmarks.synthetic_neutral with its default 2 frames per identity, and training validation
+# (then train.validation_set: first frame per identity, 32 px, scored by
+# train.synthetic_neutral; now `config.evals`' synthetic_neutral). Both frames of an
 # identity give the same neutral errors under these predictors, so one frame per identity has
 # the same median, mean and std with half the points (and half the time).
 OLD_BENCHMARK = {"mean_head": dict(median_mm=0.7042155801905225, mean_mm=1.0857097259777262,
                                    std_mm=1.110050189481107, num_points=10976 // 2, num_items=2),
                  "oracle": dict(median_mm=8.330471877158689e-08, num_points=10976 // 2,
                                 num_items=2)}
-OLD_VALIDATION = dict(images_sum=2298.388671875, meshes_sum=414.5482114811297,
-                      median_mm=0.7042155801905225, mean_mm=1.0857097259777262,
+OLD_VALIDATION = dict(median_mm=0.7042155801905225, mean_mm=1.0857097259777262,
                       std_mm=1.110050189481107, num_points=5488, from_template_mm=0.0,
                       gt_from_template_mm=5.88520073712715)
 
 
-def test_scores_equal_the_old_code_and_the_baselines_stay_put(source):
+def test_scores_equal_the_old_code_and_the_baselines_stay_put(source, tmp_path):
   """Guards the ruler: mean_head's and oracle's synthetic_neutral on this fixed split, and the
-  training validation path (merged into benchmarks/scoring), equal the pre-merge values."""
+  training validation path (`config.evals` through `validation.Validation`), equal the
+  pre-merge values."""
   model = assets.head_assets().model
   for name, old in OLD_BENCHMARK.items():
     summary = benchmarks.synthetic_neutral(predictors.BUILT_IN[name], model, source,
                                            frames_per_identity=1).summary()
     tolerance = dict(rel=1e-9) if name == "mean_head" else dict(abs=1e-6)  # oracle: float32 0
     assert {k: summary[k] for k in old} == pytest.approx(old, **tolerance)
-  images, meshes, identities = benchmarks.validation_set(model, source, 32, max_identities=5)
-  assert identities == ("video000000", "video000001")
-  assert float(images.sum()) == pytest.approx(OLD_VALIDATION["images_sum"], rel=1e-6)
-  assert float(meshes.sum()) == pytest.approx(OLD_VALIDATION["meshes_sum"], rel=1e-12)
-  template = np.broadcast_to(np.asarray(model.v_template), meshes.shape)
-  summary = train.score_validation(model, template, (images, meshes, identities)).summary()
+  config = base.get_config("cpu")
+  config.evals.synthetic_neutral.images = 5
+  splits = []
+  evals = validation.Validation.from_config(
+      config, model, lambda split: splits.append(split) or source, str(tmp_path))
+  assert splits == ["validation"]
+  baseline = evals.baseline_metrics()
+  metrics = evals(predictors.mean_head, step=3)
   for key in ("median_mm", "mean_mm", "std_mm", "num_points", "from_template_mm"):
-    assert summary[key] == pytest.approx(OLD_VALIDATION[key], rel=1e-9)
-  assert scoring.distance_from_template_mm(meshes, model) == pytest.approx(
+    assert metrics[f"synthetic_neutral/{key}"] == pytest.approx(OLD_VALIDATION[key], rel=1e-9)
+    assert baseline[f"synthetic_neutral/mean_head/{key}"] == metrics[f"synthetic_neutral/{key}"]
+  assert metrics["synthetic_neutral/num_identities"] == 2
+  assert metrics["synthetic_neutral/ratio"] == 1.0
+  evals.write(str(tmp_path))
+  with open(tmp_path / "synthetic_neutral.json") as f:
+    written = json.load(f)
+  assert written["split"] == "validation (generalisation)" and written["model"]["step"] == 3
+  assert written["ground_truth"]["from_template_mm"] == pytest.approx(
       OLD_VALIDATION["gt_from_template_mm"], rel=1e-9)
+
+
+def test_evaluators_are_chosen_by_name(source, tmp_path):
+  """The registry runs the benchmark functions; unknown names and options are one line naming
+  the accepted ones, from the registry and from `config.evals`."""
+  model = assets.head_assets().model
+  direct = benchmarks.synthetic_expressions(predictors.mean_head, model, source, max_items=2)
+  named = evaluators.run("synthetic_expressions", predictors.mean_head, model, source,
+                         max_items=2)
+  assert named.summary() == direct.summary() and named.item_ids == direct.item_ids
+  with pytest.raises(ValueError, match=r"unknown evaluator 'synthetic'; accepted: "
+                     r"synthetic_neutral, synthetic_expressions, now$"):
+    evaluators.get("synthetic")
+  with pytest.raises(ValueError, match=r"takes no option \['challenge'\]"):
+    evaluators.run("synthetic_neutral", predictors.mean_head, model, source, challenge="x")
+  config = base.get_config("cpu")
+  config.evals = {"synthetic_neutrals": {}}
+  with pytest.raises(datasets.ConfigError, match="^config.evals: .*accepted: synthetic_neutral"):
+    validation.Validation.from_config(config, model, lambda split: source, str(tmp_path))
+  config.evals = {"synthetic_neutral": {"identities": 3}}
+  with pytest.raises(datasets.ConfigError, match=r"synthetic_neutral: unknown options "
+                     r"\['identities'\]; accepted: images, split"):
+    validation.Validation.from_config(config, model, lambda split: source, str(tmp_path))
+  config.evals = {"now": {"split": "validation"}}
+  with pytest.raises(datasets.ConfigError, match="now_dir='': not a NoW dataset folder"):
+    validation.Validation.from_config(config, model, None, str(tmp_path))
+  config.evals = {"synthetic_neutral": {}}  # no synthetic data: skipped
+  assert validation.Validation.from_config(config, model, None, str(tmp_path)) is None
 
 
 def test_oracle_scaled_zero_is_the_mean_head_and_calibrates(source):

@@ -20,6 +20,7 @@ LAYERS = (
     ("sheap_jax.training",),
     ("sheap_jax.inference",),
     ("sheap_jax.evaluation",),
+    ("sheap_jax.training.loop",),  # the training loop runs the evaluators of config.evals
     ("configs",),
     ("sheap_jax.train", "sheap_jax.evaluate", "sheap_jax.predict", "sheap_jax.loss_study"),
 )

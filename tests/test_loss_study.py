@@ -1,5 +1,5 @@
 """The seed study's variants, bookkeeping and statistics (training itself is tested elsewhere:
-here `train.train` is replaced by a recorder that writes what a finished run writes)."""
+here `loop.train` is replaced by a recorder that writes what a finished run writes)."""
 import json
 import os
 
@@ -8,8 +8,8 @@ import pytest
 
 from configs import base
 from sheap_jax import loss_study
+from sheap_jax.training import loop
 from sheap_jax.training import losses
-from sheap_jax import train
 
 
 def test_landmarks_only_keeps_exactly_landmarks_and_priors():
@@ -53,7 +53,7 @@ def test_study_trains_missing_runs_and_summarises(tmp_path, monkeypatch, rng):
                  "mean_head": {"median_mm": 0.8}, "ground_truth": {"from_template_mm": 3.5}},
                 f)
 
-  monkeypatch.setattr(train, "train", fake_train)
+  monkeypatch.setattr(loop, "train", fake_train)
   config = base.get_config("cpu")
   variants, seeds = ["full", "landmarks_only"], [0, 1, 2]
   study = loss_study.run_study(config, str(tmp_path), variants, seeds)

@@ -20,7 +20,7 @@ from sheap_jax.render import mesh_baseline
 from sheap_jax.training import objective
 from sheap_jax import predict
 from sheap_jax.geometry import shading
-from sheap_jax import train
+from sheap_jax.training import trainer
 from sheap_jax.models import dinov2
 from tests.fixtures.flame_synthetic import synthetic_flame_assets
 
@@ -384,11 +384,11 @@ def test_mesh_renderer_needs_uvs_and_matching_faces(tmp_path):
 
 def test_mesh_renderer_params_survive_a_checkpoint(mesh_setup, tmp_path, capsys):
   config, networks, frozen, _ = mesh_setup
-  optimizer = train.make_optimizer(config)
-  state = train.init_state(networks, frozen, config, optimizer)
+  optimizer = trainer.make_optimizer(config)
+  state = trainer.init_state(networks, frozen, config, optimizer)
   manager = checkpoints.open_manager(str(tmp_path), config)
   checkpoints.save(manager, state, {"position": 3}, config)
-  abstract = jax.eval_shape(lambda: train.init_state(networks, frozen, config, optimizer))
+  abstract = jax.eval_shape(lambda: trainer.init_state(networks, frozen, config, optimizer))
   restored, data_state = checkpoints.restore(manager, abstract, config)
   manager.close()
   assert set(restored.params) == {"predictor", "albedo"} and data_state == {"position": 3}

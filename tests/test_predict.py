@@ -1,4 +1,4 @@
-"""Prediction from a tiny training checkpoint (never trained: train.init_state +
+"""Prediction from a tiny training checkpoint (never trained: trainer.init_state +
 checkpoints.save; the tests' small FLAME-format model saved as the `.npz` that the checkpoint's
 config names): the checkpoint predictor against a direct apply of the networks, and
 `python -m sheap_jax.predict` on a folder of good and bad inputs and on a video (windows of a
@@ -24,10 +24,11 @@ from sheap_jax.head import flame
 from sheap_jax.head import flame_io
 from sheap_jax.training import objective
 from sheap_jax import predict
+from sheap_jax.inference import pipeline
 from sheap_jax.face import crops as face_crops
 from sheap_jax.evaluation import predictors
 from sheap_jax.render import rigging
-from sheap_jax import train
+from sheap_jax.training import trainer
 from tests.test_export import read_vertex_ply
 from tests.test_objective import perturbed_params, small_config, small_flame_model
 
@@ -77,8 +78,8 @@ def setup(tmp_path_factory):
   networks = objective.build_networks(config)
   with pytest.warns(UserWarning, match="random initialisation"):
     frozen = objective.build_frozen(config, objective.load_flame_model(config))
-  optimizer = train.make_optimizer(config)
-  state = train.init_state(networks, frozen, config, optimizer)
+  optimizer = trainer.make_optimizer(config)
+  state = trainer.init_state(networks, frozen, config, optimizer)
   state = state.replace(params=perturbed_params(state.params, np.random.default_rng(0)))
   workdir = str(root / "workdir")
   manager = checkpoints.open_manager(workdir, config)
@@ -176,7 +177,7 @@ def test_predict_folder_writes_good_inputs_and_one_line_per_bad(setup, tmp_path,
   result = tmp_path / "out" / "good"
   params = np.load(result / "params.npz")
   models = face_crops.load_models()
-  box = predict.face_box(good) if models is None else face_crops.photo_faces(models,
+  box = pipeline.face_box(good) if models is None else face_crops.photo_faces(models,
                                                                              good).boxes[0]
   np.testing.assert_allclose(params["crop_box"], box, atol=1e-4)
   expected = model.predict(np.stack([crop.crop_image(good, box, CROP)] * 2), avatar=True)

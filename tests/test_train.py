@@ -12,8 +12,12 @@ import pytest
 from sheap_jax.training import checkpoints
 from sheap_jax.head import flame
 from sheap_jax.training import objective
+from data.synthetic_heads import features as F
+from sheap_jax.evaluation import benchmarks
 from sheap_jax.evaluation import scoring
-from sheap_jax import train
+from sheap_jax.evaluation import validation
+from sheap_jax.training import loop
+from sheap_jax.training import trainer
 from tests.test_objective import random_batch, small_config, small_flame_model
 
 PER_DEVICE = 1
@@ -69,7 +73,7 @@ def setup():
   networks = objective.build_networks(config)
   with pytest.warns(UserWarning):
     frozen = objective.build_frozen(config, model)
-  optimizer = train.make_optimizer(config)
+  optimizer = trainer.make_optimizer(config)
   return config, model, networks, frozen, optimizer
 
 
@@ -79,12 +83,12 @@ def _numpy(tree):
 
 def _one_step(setup, devices, batch):
   config, _, networks, frozen, optimizer = setup
-  mesh = train.make_mesh(devices)
-  state = train.replicate(train.init_state(networks, frozen, config, optimizer), mesh)
+  mesh = trainer.make_mesh(devices)
+  state = trainer.replicate(trainer.init_state(networks, frozen, config, optimizer), mesh)
   before = _numpy(state.params)
-  step = train.make_train_step(networks, config, optimizer, mesh)
+  step = trainer.make_train_step(networks, config, optimizer, mesh)
   local = {k: v.reshape((len(devices), -1) + v.shape[1:]) for k, v in batch.items()}
-  state, metrics = step(state, train.replicate(frozen, mesh), train.shard_batch(local, mesh))
+  state, metrics = step(state, trainer.replicate(frozen, mesh), trainer.shard_batch(local, mesh))
   return before, _numpy(state.params), jax.device_get(metrics)
 
 
@@ -117,21 +121,21 @@ def test_one_and_four_devices_take_the_same_sgd_step(setup):
 
 def test_non_finite_batch_is_skipped_and_counted(setup):
   config, _, networks, frozen, optimizer = setup
-  mesh = train.make_mesh()
-  step = train.make_train_step(networks, config, optimizer, mesh)
-  frozen = train.replicate(frozen, mesh)
-  state = train.replicate(train.init_state(networks, frozen, config, optimizer), mesh)
+  mesh = trainer.make_mesh()
+  step = trainer.make_train_step(networks, config, optimizer, mesh)
+  frozen = trainer.replicate(frozen, mesh)
+  state = trainer.replicate(trainer.init_state(networks, frozen, config, optimizer), mesh)
   batches = PairBatches(4, PER_DEVICE)
   poisoned = next(batches)
   poisoned["target_image"][2, 0, 5, 5, 1] = np.nan
   before = _numpy(state.params)
-  state, metrics = step(state, frozen, train.shard_batch(poisoned, mesh))
+  state, metrics = step(state, frozen, trainer.shard_batch(poisoned, mesh))
   assert not np.isfinite(float(metrics["loss"]))
   assert int(metrics["skipped_steps"]) == 1 and float(metrics["finite"]) == 0.0
   jax.tree.map(np.testing.assert_array_equal, before, _numpy(state.params))
   assert int(state.step) == 1
 
-  state, metrics = step(state, frozen, train.shard_batch(next(batches), mesh))
+  state, metrics = step(state, frozen, trainer.shard_batch(next(batches), mesh))
   assert np.isfinite(float(metrics["loss"])) and float(metrics["finite"]) == 1.0
   assert int(metrics["skipped_steps"]) == 1 and int(state.step) == 2
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
@@ -148,6 +152,21 @@ def _validation(model, count=2):
   return images, meshes
 
 
+def _validation_records(model, count=2):
+  """`_validation` as the records of a synthetic split: one one-frame video per identity."""
+  images, meshes = _validation(model, count)
+  return [{F.IMAGE: F.encode_image((image * 255).astype(np.uint8)), F.VIDEO_ID: np.int64(i),
+           F.FRAME_INDEX: np.int64(0), F.VIDEO_NUM_FRAMES: np.int64(1),
+           F.GT_NEUTRAL_VERTICES: mesh.astype(np.float32)}
+          for i, (image, mesh) in enumerate(zip(images, meshes))]
+
+
+def _score(model, pred, meshes):
+  """synthetic_neutral of neutral meshes against `meshes`, each its own identity."""
+  ids = [f"item{i}" for i in range(len(meshes))]
+  return benchmarks.score_neutral_meshes(model, pred, meshes, ids, ids)
+
+
 def test_synthetic_neutral_scores_meshes_with_the_now_protocol(setup):
   model = setup[1]
   _, meshes = _validation(model)
@@ -156,11 +175,9 @@ def test_synthetic_neutral_scores_meshes_with_the_now_protocol(setup):
       np.random.default_rng(11).standard_normal((2, model.shapedirs.shape[-1])), jnp.float32)))
   np.testing.assert_allclose(scoring.now_landmarks(model, meshes[0]), shaped.landmarks_now[0],
                              atol=1e-6)
-  validation = (None, meshes)
-  same = train.score_validation(model, meshes, validation).summary()
+  same = _score(model, meshes, meshes).summary()
   assert same["median_mm"] < 1e-3
-  mean_head = train.score_validation(
-      model, np.broadcast_to(np.asarray(model.v_template), meshes.shape), validation)
+  mean_head = _score(model, np.broadcast_to(np.asarray(model.v_template), meshes.shape), meshes)
   differ = mean_head.summary()
   assert differ["median_mm"] > 0.1 and differ["num_points"] > 0
   assert differ["from_template_mm"] == 0.0 and differ["from_template_aligned_mm"] == 0.0
@@ -177,10 +194,9 @@ def test_synthetic_neutral_scores_meshes_with_the_now_protocol(setup):
       num_points=220, from_template_mm=0.0)), (meshes[::-1], dict(
           median_mm=7.916238929691563, mean_mm=9.750972641941305, std_mm=7.3553384073235755,
           num_points=220, from_template_mm=26.298097386790793))]:
-    new = train.score_validation(model, pred, validation).summary()
+    new = _score(model, pred, meshes).summary()
     assert {k: new[k] for k in old} == pytest.approx(old, rel=1e-9)
-  metrics = train.validation_metrics(train.score_validation(model, meshes[::-1], validation),
-                                     mean_head)
+  metrics = validation.validation_metrics(_score(model, meshes[::-1], meshes), mean_head)
   assert metrics["ratio"] == pytest.approx(7.916238929691563 / 8.316871134383756, rel=1e-9)
   assert metrics["ratio_low"] <= metrics["ratio"] <= metrics["ratio_high"]
 
@@ -198,8 +214,9 @@ def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
   config_full = sgd_config()
   config_full.preview_every = 6
   config_full.eval_every = 6
-  train.train(config_full, full, PairBatches(4, PER_DEVICE), validation=_validation(model),
-              flame_model=model)
+  evals = validation.Validation.from_config(config_full, model,
+                                            lambda split: _validation_records(model), full)
+  loop.train(config_full, full, PairBatches(4, PER_DEVICE), validation=evals, flame_model=model)
   reference = _losses(full)
   assert [s for s, _ in reference] == list(range(1, 7))
   preview = np.asarray(Image.open(os.path.join(full, "previews", "00000006.png")))
@@ -212,12 +229,17 @@ def test_interrupted_run_resumes_the_exact_loss_sequence(setup, tmp_path):
   assert model_result["ratio_low"] <= model_result["ratio"] <= model_result["ratio_high"]
   assert results["split"] == "validation (generalisation)"
   assert "from_template_aligned_mm" in model_result and "from_template_mm" in model_result
+  with open(os.path.join(full, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert records[0]["step"] == 0  # the mean head, then the model at the last step
+  assert records[0]["synthetic_neutral/mean_head/median_mm"] == results["mean_head"]["median_mm"]
+  assert [r["step"] for r in records if "synthetic_neutral/ratio" in r] == [6]
   assert checkpoints.load_config(full).to_dict() == json.loads(json.dumps(config_full.to_dict()))
 
   # Killed after step 3: the last checkpoint is step 2; step 3 is lost and redone.
-  train.train(config, interrupted, PairBatches(4, PER_DEVICE), flame_model=model, stop_after=3)
+  loop.train(config, interrupted, PairBatches(4, PER_DEVICE), flame_model=model, stop_after=3)
   assert _losses(interrupted) == reference[:3]
-  state = train.train(config, interrupted, PairBatches(4, PER_DEVICE), flame_model=model)
+  state = loop.train(config, interrupted, PairBatches(4, PER_DEVICE), flame_model=model)
   resumed = _losses(interrupted)[3:]
   assert [s for s, _ in resumed] == [3, 4, 5, 6]
   np.testing.assert_array_equal([l for _, l in resumed], [l for _, l in reference[2:]])

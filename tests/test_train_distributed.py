@@ -27,7 +27,7 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
                                num_processes=num_processes, process_id=process_id)
   import warnings  # pylint: disable=import-outside-toplevel
   from sheap_jax.training import objective
-  from sheap_jax import train  # pylint: disable=import-outside-toplevel
+  from sheap_jax.training import trainer  # pylint: disable=import-outside-toplevel
   from tests.test_objective import random_batch  # pylint: disable=import-outside-toplevel
   from tests.test_objective import small_flame_model  # pylint: disable=import-outside-toplevel
   from tests.test_train import sgd_config  # pylint: disable=import-outside-toplevel
@@ -38,18 +38,18 @@ def worker(process_id: int, num_processes: int, port: int, out_dir: str) -> None
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     frozen_local = objective.build_frozen(config, small_flame_model())
-  optimizer = train.make_optimizer(config)
-  mesh = train.make_mesh()
-  frozen = train.replicate(frozen_local, mesh)
-  state = train.replicate(train.init_state(networks, frozen_local, config, optimizer), mesh)
-  step = train.make_train_step(networks, config, optimizer, mesh)
+  optimizer = trainer.make_optimizer(config)
+  mesh = trainer.make_mesh()
+  frozen = trainer.replicate(frozen_local, mesh)
+  state = trainer.replicate(trainer.init_state(networks, frozen_local, config, optimizer), mesh)
+  step = trainer.make_train_step(networks, config, optimizer, mesh)
   local = jax.local_device_count()
   rows = slice(process_id * local, (process_id + 1) * local)
   batches = []
   for i in range(STEPS):
     batch = random_batch(np.random.default_rng(100 + i), 4)
     mine = {k: np.asarray(v)[rows].reshape((local, 1) + v.shape[1:]) for k, v in batch.items()}
-    batches.append(train.shard_batch(mine, mesh))
+    batches.append(trainer.shard_batch(mine, mesh))
   # Compile first, then meet: Gloo gives a process 30 s to join the first collective, less
   # than a compilation takes on a busy CPU, so the barrier cannot be a collective itself
   # (multihost_utils.sync_global_devices is one).

@@ -20,7 +20,7 @@ def worker(workdir: str, signal_name: str, at_batch: int) -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.join(ROOT, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   import warnings  # pylint: disable=import-outside-toplevel
-  from sheap_jax import train  # pylint: disable=import-outside-toplevel
+  from sheap_jax.training import loop  # pylint: disable=import-outside-toplevel
   from tests.test_objective import small_flame_model  # pylint: disable=import-outside-toplevel
   from tests.test_train import PairBatches, sgd_config  # pylint: disable=import-outside-toplevel
 
@@ -31,7 +31,7 @@ def worker(workdir: str, signal_name: str, at_batch: int) -> None:
       return super().__next__()
 
   warnings.simplefilter("ignore")
-  train.train(sgd_config(), workdir, SignallingBatches(4, 1), flame_model=small_flame_model())
+  loop.train(sgd_config(), workdir, SignallingBatches(4, 1), flame_model=small_flame_model())
 
 
 def _run(workdir: str, signal_name: str = "none", at_batch: int = -1):

@@ -16,7 +16,8 @@ from data.synthetic_heads import features as frame_features
 from data.video_folder import VideoFolder, VideoFolderConfig
 from sheap_jax.face import crop
 from sheap_jax import face
-from sheap_jax import train
+from sheap_jax.training import loop
+from sheap_jax.training import trainer
 from data import datasets
 from sheap_jax.face import demo_clip
 from tests.test_objective import SIZE, small_config, small_flame_model
@@ -114,7 +115,7 @@ def test_trains_on_video_folder_with_heldout_validation(built, tmp_path):
   config.log_every = 1
   config.checkpoint_every = 2
   config.eval_every = 2
-  config.eval_images = 4
+  config.data.eval_pairs = 4
   config.preview_every = 2
   config.losses.silhouette.weight = 0.1
   # What this test is about (the data reaching the losses: landmarks, matte, images), less
@@ -123,7 +124,7 @@ def test_trains_on_video_folder_with_heldout_validation(built, tmp_path):
     config.losses[term].weight = 0.0
   config.render.geometry_gradients = "all"  # one backward pass: half the compile time
   workdir = str(tmp_path / "run")
-  train.train(config, workdir, mesh=train.make_mesh(jax.devices()[:1]),
+  loop.train(config, workdir, mesh=trainer.make_mesh(jax.devices()[:1]),
               flame_model=small_flame_model())
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [line["step"] for line in lines if "loss" in line] == [1, 2]

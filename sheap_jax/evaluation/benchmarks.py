@@ -17,7 +17,8 @@
   emotion-labelled frames names the emotion of held-out identities' frames.
 Which frames: `select_frames` (evenly spaced frames of every video, identities interleaved);
 `evaluate` scores 2 per identity (first and last) on `synthetic_neutral`, 4 on
-`synthetic_expressions`, training validation 1 (the first: `validation_set`). Every result
+`synthetic_expressions`, training validation 1 (the first; `evaluation/validation.py`). The
+geometry benchmarks are chosen by name through `evaluation/evaluators.py`. Every result
 keeps each item's identity, so that `BenchmarkResult.compare` can resample identities.
 The "scan" of the synthetic benchmarks is every GT vertex inside NoW's crop sphere (eyeball and
 mouth-pocket vertices included); only `oracle`-style predictors see the GT parameters.
@@ -59,6 +60,7 @@ class BenchmarkResult:
   identities: tuple  # each item's identity: the unit the intervals resample
   recovery: tuple = ()  # neutral benchmarks: each item's shape_recovery.recovery dict
   from_template_mm: float = float("nan")  # neutral benchmarks: scoring.distance_from_template_mm
+  truth_from_template_mm: float = float("nan")  # the same of the ground-truth neutral meshes
 
   def summary(self):
     """Pooled median/mean/std in mm (NoW's figures), the point, item and identity counts; for
@@ -70,6 +72,14 @@ class BenchmarkResult:
       summary.update({key: float(np.mean([r[key] for r in self.recovery]))
                       for key in RECOVERY_KEYS})
     return summary
+
+  def ground_truth(self):
+    """Neutral benchmarks: how far the true heads are from the template, whole head and
+    unaligned (`from_template_mm`) and in NoW's crop without similarity motions
+    (`from_template_aligned_mm`), means over the items."""
+    return dict(from_template_mm=self.truth_from_template_mm,
+                from_template_aligned_mm=float(np.mean(
+                    [r["truth_from_template_aligned_mm"] for r in self.recovery])))
 
   def per_item(self):
     return [{"id": i, "identity": str(c), "median_mm": float(1000 * np.median(e)),
@@ -107,7 +117,8 @@ def score_neutral_meshes(model, pred_meshes, gt_meshes, item_ids, identities,
   errors = tuple(scoring.now_errors(model, p, g) for p, g in zip(pred_meshes, gt_meshes))
   recovery = tuple(shape_recovery.recovery(model, p, g) for p, g in zip(pred_meshes, gt_meshes))
   return BenchmarkResult(name, tuple(item_ids), errors, tuple(identities), recovery,
-                         scoring.distance_from_template_mm(pred_meshes, model))
+                         scoring.distance_from_template_mm(pred_meshes, model),
+                         scoring.distance_from_template_mm(gt_meshes, model))
 
 
 def select_frames(source, frames_per_identity, max_items=None):
@@ -192,13 +203,15 @@ def _synthetic(name, predictor, model, source, posed, max_items, frames_per_iden
 
 
 def _concatenate(parts):
-  """One result of the batches' results (from_template_mm: the mean over all meshes)."""
+  """One result of the batches' results (the distances from the template: means over all
+  meshes)."""
   fields = {f: sum((getattr(p, f) for p in parts), ())
             for f in ("item_ids", "errors", "identities", "recovery")}
-  from_template = (np.average([p.from_template_mm for p in parts],
-                              weights=[len(p.item_ids) for p in parts])
-                   if fields["recovery"] else float("nan"))
-  return BenchmarkResult(parts[0].benchmark, **fields, from_template_mm=float(from_template))
+  mean = lambda field: (float(np.average([getattr(p, field) for p in parts],
+                                         weights=[len(p.item_ids) for p in parts]))
+                        if fields["recovery"] else float("nan"))
+  return BenchmarkResult(parts[0].benchmark, **fields, from_template_mm=mean("from_template_mm"),
+                         truth_from_template_mm=mean("truth_from_template_mm"))
 
 
 def synthetic_neutral(predictor, model, source, max_items=None, frames_per_identity=2,
@@ -213,20 +226,6 @@ def synthetic_expressions(predictor, model, source, max_items=None, frames_per_i
   """Predicted posed meshes of the split's frames against the frames' GT posed meshes."""
   return _synthetic("synthetic_expressions", predictor, model, source, True, max_items,
                     frames_per_identity, batch_size)
-
-
-def validation_set(model, source, image_size, max_identities=None, batch_size=8):
-  """Training validation's items: the first frame of each identity (at most `max_identities`)
-  as (images (N, S, S, 3) float32 resized to the predictor's size, GT neutral meshes (N, V, 3)
-  float64, identities (N,))."""
-  images, meshes, names = [], [], []
-  for frames, examples, _, identities in _batches(
-      source, select_frames(source, 1, max_identities), batch_size):
-    images.extend(np.asarray(jax.image.resize(image, (image_size, image_size, 3), "linear",
-                                              antialias=True)) for image in frames)
-    meshes.append(np.asarray(_gt_neutral(model, examples), np.float64))
-    names.extend(identities)
-  return np.stack(images), np.concatenate(meshes), tuple(names)
 
 
 def labelled_frames(source, max_items=None):
@@ -312,7 +311,4 @@ def write_cumulative_plot(results_by_predictor, path):
   return path
 
 
-SYNTHETIC = {"synthetic_neutral": synthetic_neutral,
-             "synthetic_expressions": synthetic_expressions}
 PROBE = "expression_probe"
-NAMES = tuple(SYNTHETIC) + ("now", PROBE)

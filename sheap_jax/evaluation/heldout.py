@@ -51,7 +51,7 @@ class HeldOutPairs:
 
   @classmethod
   def load(cls, networks, config, dataset) -> Optional["HeldOutPairs"]:
-    """Pairs of `dataset`'s `config.data.eval_split` (at most `config.eval_images`, a multiple
+    """Pairs of `dataset`'s `config.data.eval_split` (at most `config.data.eval_pairs`, a multiple
     of CHUNK when there are more), or None with a log line when it has no such split."""
     from data import pairs  # pylint: disable=import-outside-toplevel
     split = config.data.eval_split
@@ -60,7 +60,7 @@ class HeldOutPairs:
                       "`python -m data.video_folder ... --validation_every K`)",
                       dataset.info.full_name, split)
       return None
-    count = min(config.eval_images, dataset.info.splits[split].num_examples)
+    count = min(config.data.eval_pairs, dataset.info.splits[split].num_examples)
     if count > CHUNK:
       count -= count % CHUNK
     iterator = pairs.make_pair_iterator(

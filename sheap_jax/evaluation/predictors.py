@@ -44,6 +44,13 @@ def mean_head(images, examples):
   return flame.FlameParams.zeros(images.shape[0])
 
 
+def mean_head_of(model) -> Predictor:
+  """`mean_head` with `model`'s coefficient counts (FLAME's 300/100 by default; a small model
+  keeps fewer), for models other than the built-in head."""
+  sizes = dict(n_shape=model.shapedirs.shape[-1], n_expr=model.exprdirs.shape[-1])
+  return lambda images, examples: flame.FlameParams.zeros(images.shape[0], **sizes)
+
+
 def oracle(images, examples):
   """The ground-truth parameters of each item (`gt_<field>` for every FlameParams field)."""
   del images
