@@ -30,8 +30,9 @@ def _outputs_and_gradients(impl, scene, viewmats, Ks, width, height, background,
   return jax.tree.map(np.asarray, out), jax.tree.map(np.asarray, grads)
 
 
+@pytest.mark.parametrize("tile_size", [16, 8])
 @pytest.mark.parametrize("impl,options", [("tiled", dict(chunk_size=8)), ("pallas", {})])
-def test_equals_reference_in_every_output_and_gradient(impl, options, rng):
+def test_equals_reference_in_every_output_and_gradient(impl, options, tile_size, rng):
   """Pallas runs in interpret mode here; 5 channels (padded to 8 in its kernels)."""
   width, height, num_splats, channels = 48, 37, 150, 5  # the last tile row is cut by the border
   # Any orientation, grazing included: the paths share the float32 splat math, and their
@@ -46,10 +47,10 @@ def test_equals_reference_in_every_output_and_gradient(impl, options, rng):
   weights = {n: rng.normal(size=(2, height, width) + {"normals": (3,), "color": (channels,)}
                            .get(n, ())) for n in OUTPUTS}
   args = (scene, viewmats, Ks, width, height, background, weights)
-  tiles_x, tiles_y = binning.tile_grid(width, height)
+  tiles_x, tiles_y = binning.tile_grid(width, height, tile_size)
   ref_out, ref_grads = _outputs_and_gradients("reference", *args)
   got_out, got_grads = _outputs_and_gradients(
-      impl, *args, capacity=num_splats * tiles_x * tiles_y, **options)
+      impl, *args, capacity=num_splats * tiles_x * tiles_y, tile_size=tile_size, **options)
 
   assert np.all(got_out.pairs_dropped == 0)
   for image in range(2):
@@ -68,16 +69,17 @@ def test_equals_reference_in_every_output_and_gradient(impl, options, rng):
     np.testing.assert_allclose(got_grads[name], ref, atol=1e-4 * scale, rtol=0, err_msg=name)
 
 
-def test_over_capacity_scene_reports_its_dropped_pairs(rng):
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_over_capacity_scene_reports_its_dropped_pairs(tile_size, rng):
   width, height, num_splats, capacity = 64, 48, 60, 50
   scene = oracle.random_scene(rng, num_splats, scale_range=(0.1, 0.4))
   K = oracle.pinhole(width, height, 50.0)
   splats = rasterizer.Splats(**{k: jnp.asarray(v) for k, v in scene.items()})
   out = jax.jit(lambda s: rasterizer.rasterize(
       s, jnp.eye(4)[None], jnp.asarray(K)[None], width, height, jnp.zeros(3), impl="tiled",
-      capacity=capacity))(splats)
+      capacity=capacity, tile_size=tile_size))(splats)
   projected = rasterizer.project_splats(splats, jnp.eye(4), jnp.asarray(K), width, height)
-  boxes = np.asarray(projected.boxes) // 16
+  boxes = np.asarray(projected.boxes) // tile_size
   tiles = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
   pairs = int(np.sum(np.where(np.asarray(projected.visible), tiles, 0)))
   assert pairs > capacity
