@@ -126,13 +126,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),
                   arch=None)
-  # 2DGS render of the target view: size (square), rasteriser implementation, background, and
-  # where the depth/normal/distortion buffers' gradients go: "gaussians" (the Gaussians
-  # Regressor only; the mesh is what those terms measure against) or "all" (also the predictor,
-  # through the rig). See docs/training.md. On GPUs set impl="pallas" (the Triton kernels);
-  # "tiled" is the portable pure-JAX path, 60-200x slower there (README, Performance).
-  c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0),
-                  geometry_gradients="gaussians")
+  # 2DGS render of the target view: size (square), rasteriser implementation, its pair buffer
+  # (`capacity`, None: 8 per splat) and tile side (`tile_size`, a power of two; 16 as in the
+  # official rasteriser), background, and where the depth/normal/distortion buffers' gradients
+  # go: "gaussians" (the Gaussians Regressor only; the mesh is what those terms measure against)
+  # or "all" (also the predictor, through the rig). See docs/training.md. On GPUs set
+  # impl="pallas" (the Triton kernels); "tiled" is the portable pure-JAX path, 60-200x slower
+  # there (README, Performance).
+  c.render = dict(size=224, impl="tiled", capacity=None, tile_size=16,
+                  background=(0.0, 0.0, 0.0), geometry_gradients="gaussians")
   c.losses = loss_weights()
 
   # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets. name:
