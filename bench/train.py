@@ -6,8 +6,9 @@
         --override batch_size=8
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/train.py \
         --renderers gaussians,mesh --steps 5 --out bench/results/train_cpu.json \
-        --baseline "regressor.regions=()" --baseline render.capacity=None \
-        --baseline render.impl=tiled --baseline-devices 1     # the cpu config before 2026-12-08
+        --devices 2,1 --baseline "regressor.regions=()" --baseline render.capacity=None \
+        --baseline render.impl=tiled --baseline render.tile_size=16 \
+        --baseline-devices 1     # the cpu config before 2026-12-08, and now on 2 and 1 devices
 
 `--baseline KEY=VALUE` (repeatable) also times the config with those fields set, in rounds
 alternating with the config's own (so that other jobs' load falls on both alike); `--devices`
