@@ -6,12 +6,14 @@
         --override batch_size=8
     XLA_FLAGS=--xla_force_host_platform_device_count=2 python bench/train.py \
         --renderers gaussians,mesh --steps 5 --out bench/results/train_cpu.json \
-        --baseline "regressor.regions=()" --baseline render.capacity=None \
-        --baseline render.impl=tiled --baseline-devices 1     # the cpu config before 2026-12-08
+        --devices 2,1 --baseline "regressor.regions=()" --baseline render.capacity=None \
+        --baseline render.impl=tiled --baseline render.tile_size=16 \
+        --baseline-devices 1     # the cpu config before 2026-12-08, and now on 2 and 1 devices
 
 `--baseline KEY=VALUE` (repeatable) also times the config with those fields set, in rounds
 alternating with the config's own (so that other jobs' load falls on both alike); `--devices`
-and `--baseline-devices` pick how many local devices each step uses (default: all).
+and `--baseline-devices` pick how many local devices each step uses (default: all;
+`--devices 2,1` times the config on 2 and on 1 device, alternating too).
 
 For each renderer of `--renderers` (default: the config's `renderer`), times the real
 data-parallel train step (all local devices) on random images of the config's size (throughput
@@ -163,6 +165,7 @@ def renderer_rounds(config, spec: str, devices: int):
         px_per_mm=None if config.renderer == "mesh" else px_per_mm(render.size),
         raster_impl="mesh_baseline" if config.renderer == "mesh" else render.impl,
         capacity=None if config.renderer == "mesh" else render.get("capacity"),
+        tile_size=None if config.renderer == "mesh" else render.get("tile_size"),
         pairs_needed=None if config.renderer == "mesh" else float(
             jnp.mean(out.render.pairs_needed)),
         geometry_gradients=None if config.renderer == "mesh" else render.geometry_gradients,
@@ -201,8 +204,9 @@ def main(argv=None):
   parser.add_argument("--baseline", action="append", default=[], metavar="KEY=VALUE",
                       help="also time the config with these fields set (repeatable), in "
                       "alternating rounds, e.g. the settings before a change")
-  parser.add_argument("--devices", type=int, default=0,
-                      help="local devices of the step (default: all)")
+  parser.add_argument("--devices", default="",
+                      help="local devices of the step (default: all); comma-separated counts "
+                      "time the config once per count, e.g. 2,1")
   parser.add_argument("--baseline-devices", type=int, default=0,
                       help="local devices of the baseline's step (default: all)")
   parser.add_argument("--steps", type=int, default=10, help="timed steps (after one warm-up)")
@@ -214,7 +218,8 @@ def main(argv=None):
   renderers = [r for r in args.renderers.split(",") if r] or [
       load_config(args.config, args.override).renderer]
   all_devices = len(jax.local_devices())
-  variants = [(args.override, args.devices or all_devices)]
+  variants = [(args.override, int(d)) for d in args.devices.split(",") if d] or [
+      (args.override, all_devices)]
   if args.baseline:
     variants.insert(0, (args.override + args.baseline, args.baseline_devices or all_devices))
   specs = [" ".join([args.config] + [f"--override {o}" for o in overrides])

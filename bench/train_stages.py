@@ -63,7 +63,7 @@ def stage_functions(config, networks, frozen, params, batch):
   tokens = dinov2.frozen_features(networks.dinov2, frozen.dinov2, dinov2_input).patch_tokens
   shaded = objective._shade_splats(rigging.rig_gaussians(out.local_gaussians, out.vertices, faces),
                                    out.viewmats, lighting)
-  raster = dict(impl=config.render.impl, capacity=config.render.get("capacity"))
+  raster = objective.raster_options(config)
 
   predictor = jax.jit(jax.grad(lambda p: _sum(networks.predictor.apply({"params": p}, images))))
   encoder = jax.jit(lambda images: dinov2.frozen_features(networks.dinov2, frozen.dinov2,
@@ -83,7 +83,8 @@ def stage_functions(config, networks, frozen, params, batch):
   def bins(splats):
     def one(s, viewmat, K):
       projected = rasterizer.project_splats(s, viewmat, K, size, size)
-      return rasterizer.bin_splats(projected, size, size, raster["capacity"])
+      return rasterizer.bin_splats(projected, size, size, raster["capacity"],
+                                   tile_size=raster["tile_size"])
     return jax.vmap(one)(splats, out.viewmats, out.Ks)
   project_bin = jax.jit(bins)
   render = lambda s: rasterizer.rasterize(s, out.viewmats, out.Ks, size, size, background,
@@ -157,9 +158,10 @@ def profile(config, repeats: int):
   info = dict(splats=int(np.prod(out.local_gaussians.offsets.shape[1:3])),
               render_size=config.render.size, devices=devices, per_device_batch=per_device,
               pairs_needed_per_image=float(jnp.mean(out.render.pairs_needed)),
-              capacity=int(config.render.get("capacity") or rasterizer.binning.default_capacity(
+              tile_size=raster["tile_size"],
+              capacity=int(raster["capacity"] or rasterizer.binning.default_capacity(
                   int(np.prod(out.local_gaussians.offsets.shape[1:3])), config.render.size,
-                  config.render.size)))
+                  config.render.size, raster["tile_size"])))
   return {name: statistics.median(t) for name, t in times.items()}, info
 
 

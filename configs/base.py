@@ -126,13 +126,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # (`python -m sheap_jax.models.dinov2 convert`), empty: a seeded random encoder.
   c.dinov2 = dict(variant="vitb14", path="", image_size=224, feature_blocks=(3, 7, 11),
                   arch=None)
-  # 2DGS render of the target view: size (square), rasteriser implementation, background, and
-  # where the depth/normal/distortion buffers' gradients go: "gaussians" (the Gaussians
-  # Regressor only; the mesh is what those terms measure against) or "all" (also the predictor,
-  # through the rig). See docs/training.md. On GPUs set impl="pallas" (the Triton kernels);
-  # "tiled" is the portable pure-JAX path, 60-200x slower there (README, Performance).
-  c.render = dict(size=224, impl="tiled", capacity=None, background=(0.0, 0.0, 0.0),
-                  geometry_gradients="gaussians")
+  # 2DGS render of the target view: size (square), rasteriser implementation, its pair buffer
+  # (`capacity`, None: 8 per splat) and tile side (`tile_size`, a power of two; 16 as in the
+  # official rasteriser), background, and where the depth/normal/distortion buffers' gradients
+  # go: "gaussians" (the Gaussians Regressor only; the mesh is what those terms measure against)
+  # or "all" (also the predictor, through the rig). See docs/training.md. On GPUs set
+  # impl="pallas" (the Triton kernels); "tiled" is the portable pure-JAX path, 60-200x slower
+  # there (README, Performance).
+  c.render = dict(size=224, impl="tiled", capacity=None, tile_size=16,
+                  background=(0.0, 0.0, 0.0), geometry_gradients="gaussians")
   c.losses = loss_weights()
 
   # Pairs of frames of one video (data/pairs.py); data_dir empty: ~/tensorflow_datasets. name:
@@ -169,14 +171,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
                        regions=CPU_SPLAT_REGIONS)
     c.dinov2 = dict(variant="vits14", path="", image_size=56, feature_blocks=(1,),
                     arch=dict(width=32, depth=2, num_heads=2, mlp_dim=64, pos_embed_grid=(4, 4)))
-    # Pallas kernels in interpret mode: 1.4-1.5x faster than "tiled" at this scene; the
-    # capacity is 1.35x the pairs the scene needs at initialisation (~9,100; the default would
-    # be 8 per splat, 50,800), and `render/pairs_dropped_per_pair` is logged. Before 2026-12-08:
-    # --config.regressor.regions="()" --config.render.capacity=90256 (the default for 11,282
-    # splats at 64²) --config.render.impl=tiled (docs/training.md, "Speed of the CPU step").
+    # Pallas kernels in interpret mode on 8x8 tiles (splats are sub-pixel at 64², and every
+    # (splat, tile) pair composites a whole tile: 1.3x faster steps than 16x16, 4x4 2x slower);
+    # the capacity is 1.4x the pairs the scene needs at initialisation (~13,000; the default
+    # would be 8 per splat, 50,800), and `render/pairs_dropped_per_pair` is logged. Before
+    # 2026-12-08: --config.regressor.regions="()" --config.render.capacity=90256 (the default
+    # for 11,282 splats at 64²) --config.render.impl=tiled --config.render.tile_size=16
+    # (docs/training.md, "Speed of the CPU step").
     c.render.size = 64
     c.render.impl = "pallas"
-    c.render.capacity = 12_288
+    c.render.tile_size = 8
+    c.render.capacity = 18_432
     c.data.variant = "demo"
     c.data.build_if_missing = True
     c.data.num_workers = 0

@@ -18,7 +18,7 @@ from rasterizer import reference
 from rasterizer import splat_math
 from rasterizer import tiled
 from rasterizer.project import project_splats
-from rasterizer.types import ProjectedSplats, RasterOutput, Splats, TileBins
+from rasterizer.types import TILE_SIZE, ProjectedSplats, RasterOutput, Splats, TileBins
 
 IMPLEMENTATIONS = ("reference", "tiled", "pallas")
 
@@ -30,17 +30,19 @@ __all__ = [
 bin_splats = binning.bin_splats
 
 
-def _composite(projected, width, height, impl, capacity, impl_options):
+def _composite(projected, width, height, impl, capacity, tile_size, impl_options):
   """Running sums ((H, W) leading), the pairs dropped and the pairs needed for one image."""
   if impl == "reference":  # no pairs: nothing to drop; the count is what binning would need
     state = reference.composite_reference(projected, width, height, **impl_options)
-    return state, jnp.int32(0), binning.pairs_needed(projected)
-  bins = binning.bin_splats(projected, width, height, capacity)
+    return state, jnp.int32(0), binning.pairs_needed(projected, tile_size)
+  bins = binning.bin_splats(projected, width, height, capacity, tile_size=tile_size)
   if impl == "tiled":
-    state = tiled.composite_tiles(projected, bins, width, height, **impl_options)
+    state = tiled.composite_tiles(projected, bins, width, height, tile_size=tile_size,
+                                  **impl_options)
   else:
     from rasterizer import pallas_kernels  # on first use: it imports the Pallas lowerings
-    state = pallas_kernels.composite_tiles(projected, bins, width, height, **impl_options)
+    state = pallas_kernels.composite_tiles(projected, bins, width, height, tile_size=tile_size,
+                                           **impl_options)
   return state, bins.pairs_dropped, bins.pairs_total
 
 
@@ -54,11 +56,13 @@ def rasterize_image(
     *,
     impl: str = "tiled",
     capacity: Optional[int] = None,
+    tile_size: int = TILE_SIZE,
     **impl_options,
 ) -> RasterOutput:
   """One image: splats (N, ...), viewmat (4, 4), K (3, 3), background (C,); outputs unbatched."""
   projected = project_splats(splats, viewmat, K, width, height)
-  state, dropped, needed = _composite(projected, width, height, impl, capacity, impl_options)
+  state, dropped, needed = _composite(projected, width, height, impl, capacity, tile_size,
+                                      impl_options)
   culled = jnp.sum(~projected.visible).astype(jnp.int32)
   return RasterOutput(
       **splat_math.pixel_outputs(state, background), splats_culled=culled, pairs_dropped=dropped,
@@ -75,6 +79,7 @@ def rasterize(
     *,
     impl: str = "tiled",
     capacity: Optional[int] = None,
+    tile_size: int = TILE_SIZE,
     **impl_options,
 ) -> RasterOutput:
   """Renders B images of 2D Gaussian splats; differentiable w.r.t. splats, viewmats, background.
@@ -84,6 +89,9 @@ def rasterize(
   centred at (i, j). background: (B, C) or (C,). impl: "tiled" (default), "reference" or
   "pallas". capacity: (splat, tile) pair buffer per image for the tiled paths (default
   `binning.default_capacity`); pairs beyond it are dropped and counted in `pairs_dropped`.
+  tile_size: side of the tiled paths' square tiles, a power of two (default 16, the official
+  rasteriser's); every splat-tile pair composites a whole tile, so scenes of sub-pixel splats
+  render faster on smaller tiles, which need more pairs (capacity). It does not change the image.
   impl_options go to the implementation (e.g. pixels_per_chunk for "reference",
   chunk_size for "tiled", interpret for "pallas").
   """
@@ -119,10 +127,11 @@ def rasterize(
                      f"({batch}, {num_channels}), got {background.shape}")
   if width < 1 or height < 1:
     raise ValueError(f"rasterizer.rasterize: image size must be positive, got {width}x{height}")
+  tile_size = binning.check_tile_size(tile_size, "rasterizer.rasterize")
 
   def one_image(splats_i, viewmat, K, bg):
     return rasterize_image(splats_i, viewmat, K, width, height, bg, impl=impl,
-                           capacity=capacity, **impl_options)
+                           capacity=capacity, tile_size=tile_size, **impl_options)
 
   splat_axis = None if shared else 0
   return jax.vmap(one_image, in_axes=(splat_axis, 0, 0, 0))(splats, viewmats, Ks, background)

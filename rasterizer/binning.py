@@ -12,30 +12,42 @@ _INT32_LIMIT = 2**31 - 1
 _SEARCH = "scan_unrolled"
 
 
-def tile_grid(width: int, height: int):
-  """(tiles_x, tiles_y) of TILE_SIZE x TILE_SIZE tiles covering the image."""
-  return -(-width // types.TILE_SIZE), -(-height // types.TILE_SIZE)
+def check_tile_size(tile_size, where: str = "rasterizer/binning.py") -> int:
+  """`tile_size` as an int, if it is a power of two (the Pallas kernels' pixel rows must be, for
+  Triton); else a ValueError that starts with `where`."""
+  if isinstance(tile_size, bool) or int(tile_size) != tile_size or tile_size < 1 or (
+      int(tile_size) & (int(tile_size) - 1)):
+    raise ValueError(f"{where}: tile_size must be a power of two (1, 2, 4, 8, 16, 32, ...), got "
+                     f"{tile_size!r}")
+  return int(tile_size)
 
 
-def default_capacity(num_splats: int, width: int, height: int) -> int:
+def tile_grid(width: int, height: int, tile_size: int = types.TILE_SIZE):
+  """(tiles_x, tiles_y) of tile_size x tile_size tiles covering the image."""
+  return -(-width // tile_size), -(-height // tile_size)
+
+
+def default_capacity(num_splats: int, width: int, height: int,
+                     tile_size: int = types.TILE_SIZE) -> int:
   """Pairs buffer size when none is given: 8 pairs per splat (at least 1024), never more than
   every splat on every tile. Splats on a head seen at 256-512 pixels touch 1-9 tiles (2.5 on
-  average for the benchmark scenes); scenes of large splats should pass a capacity (dropped
-  pairs are reported in `pairs_dropped`)."""
-  tiles_x, tiles_y = tile_grid(width, height)
+  average for the benchmark scenes, with 16x16 tiles); scenes of large splats or small tiles
+  should pass a capacity (dropped pairs are reported in `pairs_dropped`)."""
+  tiles_x, tiles_y = tile_grid(width, height, tile_size)
   return max(1, min(num_splats * tiles_x * tiles_y, max(1024, 8 * num_splats)))
 
 
-def _tile_rects(boxes: jnp.ndarray):
+def _tile_rects(boxes: jnp.ndarray, tile_size: int):
   """Tile rectangles (x0, y0, width, height), each (N,), of pixel boxes (N, 4)."""
-  tiles = boxes // types.TILE_SIZE
+  tiles = boxes // tile_size
   return tiles[:, 0], tiles[:, 1], tiles[:, 2] - tiles[:, 0] + 1, tiles[:, 3] - tiles[:, 1] + 1
 
 
-def pairs_needed(projected: types.ProjectedSplats) -> jnp.ndarray:
+def pairs_needed(projected: types.ProjectedSplats,
+                 tile_size: int = types.TILE_SIZE) -> jnp.ndarray:
   """() int32: the (splat, tile) pairs the visible splats' boxes cover, i.e. the capacity a
   scene needs to drop nothing."""
-  _, _, rect_w, rect_h = _tile_rects(projected.boxes)
+  _, _, rect_w, rect_h = _tile_rects(projected.boxes, tile_size)
   return jnp.sum(jnp.where(projected.visible, rect_w * rect_h, 0)).astype(jnp.int32)
 
 
@@ -53,8 +65,10 @@ def bin_splats(
     height: int,
     capacity: Optional[int] = None,
     two_key_sort: Optional[bool] = None,
+    tile_size: int = types.TILE_SIZE,
 ) -> types.TileBins:
-  """Lists, for every tile, the visible splats whose box overlaps it, front to back.
+  """Lists, for every tile_size x tile_size tile, the visible splats whose box overlaps it,
+  front to back.
 
   Pairs are enumerated front to back (splats in depth order, each over its tile rectangle), so
   when the capacity cuts the list it drops the farthest splats' pairs, and counts them. The sort
@@ -62,10 +76,11 @@ def bin_splats(
   a two-key sort on (tile, rank); both give the same bins.
   """
   num_splats = projected.depths.shape[0]
-  tiles_x, tiles_y = tile_grid(width, height)
+  tile_size = check_tile_size(tile_size)
+  tiles_x, tiles_y = tile_grid(width, height, tile_size)
   num_tiles = tiles_x * tiles_y
   if capacity is None:
-    capacity = default_capacity(num_splats, width, height)
+    capacity = default_capacity(num_splats, width, height, tile_size)
   if capacity < 1:
     raise ValueError(f"rasterizer/binning.py: capacity must be >= 1, got {capacity}")
 
@@ -76,7 +91,7 @@ def bin_splats(
         splat_ids=jnp.zeros((capacity,), jnp.int32), pairs_total=zero, pairs_dropped=zero)
 
   order = depth_order(projected)
-  rect_x, rect_y, rect_w, rect_h = _tile_rects(projected.boxes[order])  # front to back
+  rect_x, rect_y, rect_w, rect_h = _tile_rects(projected.boxes[order], tile_size)  # front to back
   counts = jnp.where(projected.visible[order], rect_w * rect_h, 0)
   ends = jnp.cumsum(counts)
   pairs_total = ends[-1]

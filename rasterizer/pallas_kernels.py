@@ -1,13 +1,14 @@
 """Pallas kernels for per-tile 2DGS compositing, forward and backward, joined with custom_vjp.
 
-One program per 16x16 tile, its 256 pixels vectorised as lanes. The forward walks the tile's
-(splat, tile) pairs front to back and stops once every pixel is done (a data-dependent while
-loop); besides the running sums (final transmittance and the distortion moments among them,
-which the backward reads) it writes the positions of each pixel's last composited, median and
-stopping pair. The backward walks each tile back to front, recovers transmittance as
-T / (1 - alpha), writes one gradient row per pair and reduces the rows to splats with a segment
-sum, so no atomics are needed. The per-splat-per-pixel math is `splat_math`'s, shared with the
-reference and the tiled path; its gradient inside the backward kernel is `jax.vjp` of it.
+One program per tile (16x16 by default, `tile_size`), its pixels vectorised as lanes. The
+forward walks the tile's (splat, tile) pairs front to back and stops once every pixel is done (a
+data-dependent while loop); besides the running sums (final transmittance and the distortion
+moments among them, which the backward reads) it writes the positions of each pixel's last
+composited, median and stopping pair. The backward walks each tile back to front, recovers
+transmittance as T / (1 - alpha), writes one gradient row per pair and reduces the rows to splats
+with a segment sum, so no atomics are needed. The per-splat-per-pixel math is `splat_math`'s,
+shared with the reference and the tiled path; its gradient inside the backward kernel is
+`jax.vjp` of it.
 
 Lowerings (see docs/pallas.md): interpret mode on CPU; on GPU the Triton lowering by default
 (dynamic while loops and dynamically indexed loads lower there), Mosaic GPU selectable but
@@ -23,11 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from rasterizer import binning
 from rasterizer import splat_math
 from rasterizer import types
 
-TILE = types.TILE_SIZE
-PIXELS = TILE * TILE
 BACKENDS = ("triton", "mosaic_gpu", "mosaic_tpu")
 BACKEND_ENV = "RASTERIZER_PALLAS_BACKEND"
 DEFAULT_EXIT_CHECK_EVERY = 16
@@ -40,11 +40,11 @@ GEOM_OPACITY = 11
 GEOM_NORMAL = 12  # 3 values, then one unused column
 GEOM_WIDTH = 16
 
-# Rows of the per-pixel float buffer (num_tiles, PIXEL_ROWS, 256): the running sums.
+# Rows of the per-pixel float buffer (num_tiles, PIXEL_ROWS, pixels): the running sums.
 ROW_TRANSMITTANCE, ROW_DEPTH_SUM, ROW_NORMAL, ROW_DISTORTION = 0, 1, 2, 5
 ROW_MEDIAN_DEPTH, ROW_M1, ROW_M2 = 6, 7, 8  # M1 = sum w m, M2 = sum w m^2 (distortion moments)
 PIXEL_ROWS = 9
-# Rows of the per-pixel int32 buffer (num_tiles, 3, 256): pair positions in the sorted list.
+# Rows of the per-pixel int32 buffer (num_tiles, 3, pixels): pair positions in the sorted list.
 ROW_LAST, ROW_MEDIAN, ROW_STOP = 0, 1, 2  # last composited, median, the one that stopped it
 INDEX_ROWS = 3
 
@@ -59,14 +59,19 @@ class KernelConfig:
   backend: str
   exit_check_every: int  # pairs composited between two all-pixels-done tests
   unroll: int  # forward pairs per inner-loop step, as straight-line code
+  tile_size: int = types.TILE_SIZE  # a power of two: a tile's pixels are one row of lanes
+
+  @property
+  def pixels(self):
+    return self.tile_size * self.tile_size
 
   @property
   def tiles_x(self):
-    return pl.cdiv(self.width, TILE)
+    return pl.cdiv(self.width, self.tile_size)
 
   @property
   def num_tiles(self):
-    return self.tiles_x * pl.cdiv(self.height, TILE)
+    return self.tiles_x * pl.cdiv(self.height, self.tile_size)
 
 
 def default_backend() -> str:
@@ -93,17 +98,17 @@ def _compiler_params(config: KernelConfig):
   return plgpu.CompilerParams()
 
 
-def _tile_pixels(tiles_x, width, height, dtype):
-  """Pixel-centre coordinates (256,) of this program's tile and which lie inside the image.
+def _tile_pixels(config: KernelConfig, dtype):
+  """Pixel-centre coordinates (pixels,) of this program's tile and which lie inside the image.
 
   int32 throughout, also under jax_enable_x64 (where a Python int given to lax would be int64).
   """
   tile = pl.program_id(0)
-  lane = jax.lax.broadcasted_iota(jnp.int32, (PIXELS,), 0)
-  tiles_x, tile_size = jnp.int32(tiles_x), jnp.int32(TILE)
+  lane = jax.lax.broadcasted_iota(jnp.int32, (config.pixels,), 0)
+  tiles_x, tile_size = jnp.int32(config.tiles_x), jnp.int32(config.tile_size)
   x = jax.lax.rem(tile, tiles_x) * tile_size + jax.lax.rem(lane, tile_size)
   y = jax.lax.div(tile, tiles_x) * tile_size + jax.lax.div(lane, tile_size)
-  inside = (x < width) & (y < height)
+  inside = (x < config.width) & (y < config.height)
   return x.astype(dtype), y.astype(dtype), inside
 
 
@@ -123,10 +128,11 @@ def _alpha_depth(ray, mean, opacity, x, y):
 
 def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_ref, *, config):
   dtype = geom_ref.dtype
-  x, y, inside = _tile_pixels(config.tiles_x, config.width, config.height, dtype)
+  x, y, inside = _tile_pixels(config, dtype)
   tile = pl.program_id(0)
   start, end = ranges_ref[tile, 0], ranges_ref[tile, 1]
-  zeros = jnp.zeros((PIXELS,), dtype)
+  pixels = config.pixels
+  zeros = jnp.zeros((pixels,), dtype)
   channels = color_ref.shape[0]
 
   def cond(carry):
@@ -160,10 +166,10 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
     return (i + 1, active, trans, color, depth_sum, nx, ny, nz, dist, m1, m2, median, last,
             median_index, stop_index)
 
-  no_position = jnp.full((PIXELS,), splat_math.NO_POSITION, jnp.int32)
+  no_position = jnp.full((pixels,), splat_math.NO_POSITION, jnp.int32)
   # Pixels outside the image are born stopped, as in the tiled path.
   not_stopped = jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION)
-  init = (start, inside, zeros + 1.0, jnp.zeros((channels, PIXELS), dtype), zeros, zeros,
+  init = (start, inside, zeros + 1.0, jnp.zeros((channels, pixels), dtype), zeros, zeros,
           zeros, zeros, zeros, zeros, zeros, zeros, no_position, no_position, not_stopped)
 
   def composite_pairs(step, carry):
@@ -190,12 +196,13 @@ def _forward_kernel(ranges_ref, geom_ref, feat_ref, color_ref, pixel_ref, index_
 
 
 def _sum_rows(lane_values, rows):
-  """(PIXELS,) vectors -> the (rows,) vector of their lane sums, zero-padded, from one 2D
+  """(pixels,) vectors -> the (rows,) vector of their lane sums, zero-padded, from one 2D
   reduction: one block-wide reduction per pair instead of one per value (each costs the GPU a
   synchronisation), and a vector store, which suits every lowering (Mosaic TPU cannot store
   scalars to vector memory, Triton cannot stack). The block is built by row selects."""
-  row = jax.lax.broadcasted_iota(jnp.int32, (rows, PIXELS), 0)
-  block = jnp.zeros((rows, PIXELS), lane_values[0].dtype)
+  pixels = lane_values[0].shape[0]
+  row = jax.lax.broadcasted_iota(jnp.int32, (rows, pixels), 0)
+  block = jnp.zeros((rows, pixels), lane_values[0].dtype)
   for k, values in enumerate(lane_values):
     block = jnp.where(row == k, values[None, :], block)
   return jnp.sum(block, axis=1)
@@ -204,7 +211,7 @@ def _sum_rows(lane_values, rows):
 def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolor_ref, dpixel_ref,
                      grad_ref, dfeat_ref, *, config):
   dtype = geom_ref.dtype
-  x, y, _ = _tile_pixels(config.tiles_x, config.width, config.height, dtype)
+  x, y, _ = _tile_pixels(config, dtype)
   tile = pl.program_id(0)
   start, end = ranges_ref[tile, 0], ranges_ref[tile, 1]
   last_index = index_ref[ROW_LAST, :]
@@ -238,9 +245,9 @@ def _backward_kernel(ranges_ref, geom_ref, feat_ref, pixel_ref, index_ref, dcolo
 
     # Pair scalars as per-lane copies, so the vjp gives per-pixel cotangents, summed below in
     # one reduction together with the normal's.
-    lanes = lambda values: tuple(jnp.full((PIXELS,), v, dtype) for v in values)
+    lanes = lambda values: tuple(jnp.full((config.pixels,), v, dtype) for v in values)
     (alpha, z), alpha_depth_vjp, valid = jax.vjp(
-        alpha_depth, lanes(ray), lanes(mean), jnp.full((PIXELS,), opacity, dtype),
+        alpha_depth, lanes(ray), lanes(mean), jnp.full((config.pixels,), opacity, dtype),
         has_aux=True)
     take = valid & (i <= last_index)
     one_minus_alpha = jnp.where(take, 1.0 - alpha, 1.0)
@@ -277,8 +284,10 @@ def _whole(shape):
   return pl.BlockSpec(shape, lambda t: (0,) * len(shape))
 
 
-def _per_tile(rows):
-  return pl.BlockSpec((None, rows, PIXELS), lambda t: (t, 0, 0))
+def _per_tile(rows, config):
+  # The last two block dims are the array's own (rows, pixels), as Mosaic TPU allows for any
+  # tile size (it otherwise wants multiples of (8, 128)).
+  return pl.BlockSpec((None, rows, config.pixels), lambda t: (t, 0, 0))
 
 
 def _forward_call(config, ranges, geom, features):
@@ -288,10 +297,11 @@ def _forward_call(config, ranges, geom, features):
       functools.partial(_forward_kernel, config=config),
       grid=(nt,),
       in_specs=[_whole(ranges.shape), _whole(geom.shape), _whole(features.shape)],
-      out_specs=[_per_tile(channels), _per_tile(PIXEL_ROWS), _per_tile(INDEX_ROWS)],
-      out_shape=[jax.ShapeDtypeStruct((nt, channels, PIXELS), geom.dtype),
-                 jax.ShapeDtypeStruct((nt, PIXEL_ROWS, PIXELS), geom.dtype),
-                 jax.ShapeDtypeStruct((nt, INDEX_ROWS, PIXELS), jnp.int32)],
+      out_specs=[_per_tile(channels, config), _per_tile(PIXEL_ROWS, config),
+                 _per_tile(INDEX_ROWS, config)],
+      out_shape=[jax.ShapeDtypeStruct((nt, channels, config.pixels), geom.dtype),
+                 jax.ShapeDtypeStruct((nt, PIXEL_ROWS, config.pixels), geom.dtype),
+                 jax.ShapeDtypeStruct((nt, INDEX_ROWS, config.pixels), jnp.int32)],
       interpret=config.interpret,
       compiler_params=_compiler_params(config),
       name="rasterize_2dgs_forward",
@@ -304,8 +314,8 @@ def _backward_call(config, ranges, geom, features, pixel, index, dcolor, dpixel)
       functools.partial(_backward_kernel, config=config),
       grid=(config.num_tiles,),
       in_specs=[_whole(ranges.shape), _whole(geom.shape), _whole(features.shape),
-                _per_tile(PIXEL_ROWS), _per_tile(INDEX_ROWS), _per_tile(channels),
-                _per_tile(PIXEL_ROWS)],
+                _per_tile(PIXEL_ROWS, config), _per_tile(INDEX_ROWS, config),
+                _per_tile(channels, config), _per_tile(PIXEL_ROWS, config)],
       out_specs=[_whole((capacity, GEOM_WIDTH)), _whole((capacity, channels))],
       out_shape=[jax.ShapeDtypeStruct((capacity, GEOM_WIDTH), geom.dtype),
                  jax.ShapeDtypeStruct((capacity, channels), geom.dtype)],
@@ -316,11 +326,11 @@ def _backward_call(config, ranges, geom, features, pixel, index, dcolor, dpixel)
 
 
 def _tiles_to_image(tiles, config):
-  """(num_tiles, K, 256) tile-major rows -> (H, W, K) image."""
-  tiles_y = config.num_tiles // config.tiles_x
+  """(num_tiles, K, pixels) tile-major rows -> (H, W, K) image."""
+  tiles_y, size = config.num_tiles // config.tiles_x, config.tile_size
   k = tiles.shape[1]
-  image = tiles.reshape(tiles_y, config.tiles_x, k, TILE, TILE).transpose(0, 3, 1, 4, 2)
-  return image.reshape(tiles_y * TILE, config.tiles_x * TILE, k)[:config.height, :config.width]
+  image = tiles.reshape(tiles_y, config.tiles_x, k, size, size).transpose(0, 3, 1, 4, 2)
+  return image.reshape(tiles_y * size, config.tiles_x * size, k)[:config.height, :config.width]
 
 
 def _pair_rows(projected: types.ProjectedSplats, dtype):
@@ -375,15 +385,16 @@ _composite.defvjp(_composite_fwd, _composite_bwd)
 
 def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, width: int,
                     height: int, *, interpret=None, backend=None,
-                    exit_check_every=DEFAULT_EXIT_CHECK_EVERY,
-                    unroll=DEFAULT_UNROLL) -> splat_math.CompositeState:
+                    exit_check_every=DEFAULT_EXIT_CHECK_EVERY, unroll=DEFAULT_UNROLL,
+                    tile_size=types.TILE_SIZE) -> splat_math.CompositeState:
   """Per-pixel running sums, (H, W) leading, of one image's binned splats; differentiable.
 
-  Same contract as `tiled.composite_tiles`. Gradients reach ray_transforms, means2d,
-  opacities, normals and features (depths and boxes only order and bin). `interpret` defaults
-  to True on CPU; `backend` picks the lowering ("triton", "mosaic_gpu" or "mosaic_tpu",
-  default `default_backend()`). The forward tests whether a whole tile is done every
-  `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair), compositing
+  Same contract as `tiled.composite_tiles` (`bins` made with the same `tile_size`, a power of
+  two: one program per tile, its tile_size^2 pixels as lanes). Gradients reach ray_transforms,
+  means2d, opacities, normals and features (depths and boxes only order and bin). `interpret`
+  defaults to True on CPU; `backend` picks the lowering ("triton", "mosaic_gpu" or
+  "mosaic_tpu", default `default_backend()`). The forward tests whether a whole tile is done
+  every `exit_check_every` pairs (a tile-wide reduction; 1 tests after every pair), compositing
   `unroll` pairs (a divisor of `exit_check_every`) per step of its inner loop. The kernels
   compute in the inputs' float type: float64 inputs (under jax_enable_x64) run in float64 in
   interpret mode and on Triton, and are refused by the Mosaic backends (no float64 there).
@@ -405,10 +416,13 @@ def composite_tiles(projected: types.ProjectedSplats, bins: types.TileBins, widt
     raise ValueError(f"rasterizer/pallas_kernels.py: backend {backend!r} has no float64; "
                      f"pass float32 splats and cameras, or use interpret mode or 'triton'")
   config = KernelConfig(width=width, height=height, interpret=bool(interpret), backend=backend,
-                        exit_check_every=int(exit_check_every), unroll=int(unroll))
+                        exit_check_every=int(exit_check_every), unroll=int(unroll),
+                        tile_size=binning.check_tile_size(tile_size,
+                                                          "rasterizer/pallas_kernels.py"))
   if bins.tile_ranges.shape[0] != config.num_tiles:
     raise ValueError(f"rasterizer/pallas_kernels.py: bins have {bins.tile_ranges.shape[0]} "
-                     f"tiles, a {width}x{height} image has {config.num_tiles}")
+                     f"tiles, a {width}x{height} image has {config.num_tiles} of "
+                     f"{tile_size}x{tile_size}")
   num_splats, num_channels = projected.features.shape
   if num_splats == 0:  # nothing to gather from: every pixel keeps the initial state
     return splat_math.initial_state((height, width), num_channels, projected.features.dtype)

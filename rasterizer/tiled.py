@@ -1,9 +1,9 @@
-"""Pure-JAX tiled compositing: each 16x16 tile walks its own front-to-back pair list.
+"""Pure-JAX tiled compositing: each tile (16x16 by default) walks its own front-to-back pairs.
 
 Forward: tiles run one after another (`lax.map`); inside a tile a `while_loop` composites
-chunks of `chunk_size` pairs (`splat_math.composite_block` on the tile's 256 pixels) until the
+chunks of `chunk_size` pairs (`splat_math.composite_block` on the tile's pixels) until the
 tile's list ends or every pixel has stopped (early termination). Memory is one chunk's
-(256 x chunk_size) terms, never pixels x splats.
+(tile pixels x chunk_size) terms, never pixels x splats.
 
 Backward (custom_vjp, mirroring the Pallas kernel's): a while_loop cannot be reverse-
 differentiated, and checkpointing every chunk would cost memory per chunk. Instead each tile is
@@ -23,7 +23,6 @@ from rasterizer import splat_math
 from rasterizer import types
 
 DEFAULT_CHUNK_SIZE = 32
-_TILE_PIXELS = types.TILE_SIZE * types.TILE_SIZE
 _FLOAT_FIELDS = ("transmittance", "color", "depth_sum", "normal_sum", "median_depth", "m1", "m2",
                  "distortion")
 
@@ -34,33 +33,38 @@ def composite_tiles(
     width: int,
     height: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    tile_size: int = types.TILE_SIZE,
 ) -> splat_math.CompositeState:
-  """Per-pixel running sums, (H, W) leading, compositing each tile's binned pairs."""
+  """Per-pixel running sums, (H, W) leading, compositing each tile's binned pairs (`bins` made
+  with the same tile_size)."""
   num_splats, num_channels = projected.features.shape
   if num_splats == 0:  # nothing to gather from: every pixel keeps the initial state
     return splat_math.initial_state((height, width), num_channels, projected.features.dtype)
-  tiles_x, tiles_y = binning.tile_grid(width, height)
-  x, y, inside = _tile_pixels(tiles_x, tiles_y, width, height)
+  tiles_x, tiles_y = binning.tile_grid(width, height, tile_size)
+  if bins.tile_ranges.shape[0] != tiles_x * tiles_y:
+    raise ValueError(f"rasterizer/tiled.py: bins have {bins.tile_ranges.shape[0]} tiles, a "
+                     f"{width}x{height} image has {tiles_x * tiles_y} of {tile_size}x{tile_size}")
+  x, y, inside = _tile_pixels(tiles_x, tiles_y, width, height, tile_size)
   params = (projected.ray_transforms, projected.means2d, projected.opacities, projected.normals,
             projected.features)
   ids = jnp.concatenate([bins.splat_ids, jnp.zeros((chunk_size,), jnp.int32)])
   states = _render_tiles(chunk_size, params, bins.tile_ranges, ids, x, y, inside)
-  size = types.TILE_SIZE
 
   def to_image(a):
-    a = a.reshape((tiles_y, tiles_x, size, size) + a.shape[2:])
-    a = jnp.swapaxes(a, 1, 2).reshape((tiles_y * size, tiles_x * size) + a.shape[4:])
+    a = a.reshape((tiles_y, tiles_x, tile_size, tile_size) + a.shape[2:])
+    a = jnp.swapaxes(a, 1, 2).reshape((tiles_y * tile_size, tiles_x * tile_size) + a.shape[4:])
     return a[:height, :width]
 
   return jax.tree.map(to_image, states)
 
 
-def _tile_pixels(tiles_x, tiles_y, width, height):
-  """(tiles, 256) pixel centres of every tile, row-major inside the tile, and an in-image mask."""
-  local = jnp.arange(_TILE_PIXELS, dtype=jnp.int32)
+def _tile_pixels(tiles_x, tiles_y, width, height, tile_size):
+  """(tiles, tile_size^2) pixel centres of every tile, row-major inside the tile, and an
+  in-image mask."""
+  local = jnp.arange(tile_size * tile_size, dtype=jnp.int32)
   tile = jnp.arange(tiles_x * tiles_y, dtype=jnp.int32)
-  px = (tile % tiles_x)[:, None] * types.TILE_SIZE + local % types.TILE_SIZE
-  py = (tile // tiles_x)[:, None] * types.TILE_SIZE + local // types.TILE_SIZE
+  px = (tile % tiles_x)[:, None] * tile_size + local % tile_size
+  py = (tile // tiles_x)[:, None] * tile_size + local // tile_size
   inside = (px < width) & (py < height)
   return px.astype(jnp.float32), py.astype(jnp.float32), inside
 
@@ -81,7 +85,7 @@ def _as_block(gathered, positions, active):
 
 
 def _start_state(inside, num_channels, dtype):
-  state = splat_math.initial_state(_TILE_PIXELS, num_channels, dtype)
+  state = splat_math.initial_state(inside.shape[0], num_channels, dtype)
   # Pixels outside the image are born stopped: they composite nothing and never hold a tile.
   return state.replace(stop_pos=jnp.where(inside, splat_math.NO_STOP, splat_math.NO_POSITION))
 

@@ -80,6 +80,7 @@ def test_a_background_of_shape_c_is_shared_by_every_image(rng):
     (dict(background=jnp.zeros(4)), "background must be"),
     (dict(splats="quats"), "splats.quats must be"),
     (dict(splats="batch"), "3 splat sets for 2 cameras"),
+    (dict(tile_size=12), "tile_size must be a power of two"),
 ])
 def test_bad_input_is_named(change, message):
   rng = np.random.default_rng(0)
@@ -92,7 +93,8 @@ def test_bad_input_is_named(change, message):
   args.update(change)
   with pytest.raises(ValueError, match=message) as error:
     rasterizer.rasterize(args["splats"], args["viewmats"], args["Ks"], WIDTH, HEIGHT,
-                         args["background"], impl=args["impl"])
+                         args["background"], impl=args["impl"],
+                         tile_size=args.get("tile_size", 16))
   assert "rasterizer.rasterize" in str(error.value)
 
 

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fixtures import jaxprs
 import rasterizer
@@ -128,12 +129,12 @@ def test_a_needle_between_pixel_centres_keeps_its_whole_length_in_the_box():
   assert abs(top[1] - y0) < 1 and abs(bottom[1] - y1) < 1 and x0 <= top[0] <= x1
 
 
-def _numpy_tile_lists(projected, width, height):
+def _numpy_tile_lists(projected, width, height, tile_size=types.TILE_SIZE):
   """tile -> splat ids overlapping it, front to back (stable by index on equal depth)."""
-  tiles_x, tiles_y = binning.tile_grid(width, height)
+  tiles_x, tiles_y = int(np.ceil(width / tile_size)), int(np.ceil(height / tile_size))
   visible = np.asarray(projected.visible)
   order = np.argsort(np.where(visible, np.asarray(projected.depths), np.inf), kind="stable")
-  boxes = np.asarray(projected.boxes) // types.TILE_SIZE
+  boxes = np.asarray(projected.boxes) // tile_size
   lists = [[] for _ in range(tiles_x * tiles_y)]
   for i in order[visible[order]]:
     for ty in range(boxes[i, 1], boxes[i, 3] + 1):
@@ -142,21 +143,32 @@ def _numpy_tile_lists(projected, width, height):
   return lists
 
 
-def test_bins_list_each_tiles_splats_front_to_back_with_either_sort(rng):
-  width, height = 70, 50  # 5 x 4 tiles, partial tiles at the right and bottom
+@pytest.mark.parametrize("tile_size", [16, 8, 4])
+def test_bins_list_each_tiles_splats_front_to_back_with_either_sort(tile_size, rng):
+  width, height = 70, 50  # partial tiles at the right and bottom for every tile size
   scene = oracle.random_scene(rng, 60)
   scene["means"][:10, 2] = scene["means"][10:20, 2]  # equal depths: ties keep index order
   projected = _project(scene, np.eye(4), oracle.pinhole(width, height, 45.0), width, height)
-  want = _numpy_tile_lists(projected, width, height)
+  want = _numpy_tile_lists(projected, width, height, tile_size)
   total = sum(len(l) for l in want)
   for two_key_sort in (False, True):
-    bins = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3, 4))(
-        projected, width, height, total + 7, two_key_sort)
+    bins = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3, 4, 5))(
+        projected, width, height, total + 7, two_key_sort, tile_size)
     ranges, ids = np.asarray(bins.tile_ranges), np.asarray(bins.splat_ids)
     got = [list(ids[start:stop]) for start, stop in ranges]
     assert got == want, two_key_sort
     assert int(bins.pairs_total) == total and int(bins.pairs_dropped) == 0
-  assert int(binning.pairs_needed(projected)) == total
+  assert int(binning.pairs_needed(projected, tile_size)) == total
+  assert binning.tile_grid(width, height, tile_size) == (-(-width // tile_size),
+                                                         -(-height // tile_size))
+
+
+@pytest.mark.parametrize("tile_size", [0, 12, 2.5, True])
+def test_tile_size_must_be_a_power_of_two(tile_size, rng):
+  projected = _project(oracle.random_scene(rng, 4), np.eye(4), oracle.pinhole(32, 32, 30.0),
+                       32, 32)
+  with pytest.raises(ValueError, match="binning.py: tile_size must be a power of two"):
+    binning.bin_splats(projected, 32, 32, tile_size=tile_size)
 
 
 def test_bins_keep_int32_keys_under_jax_enable_x64(rng):
@@ -210,14 +222,16 @@ def test_bins_switch_to_the_two_key_sort_where_int32_keys_would_overflow(rng):
   assert lists(jax.tree.map(np.asarray, bin_jit(projected, size, size, None, False))) != want
 
 
-def test_capacity_cut_drops_the_farthest_pairs_and_counts_them(rng):
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_capacity_cut_drops_the_farthest_pairs_and_counts_them(tile_size, rng):
   width, height = 64, 48
   scene = oracle.random_scene(rng, 40, scale_range=(0.1, 0.4))
   projected = _project(scene, np.eye(4), oracle.pinhole(width, height, 50.0), width, height)
-  want = _numpy_tile_lists(projected, width, height)
+  want = _numpy_tile_lists(projected, width, height, tile_size)
   total = sum(len(l) for l in want)
   capacity = total // 2
-  bins = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3))(projected, width, height, capacity)
+  bins = jax.jit(binning.bin_splats, static_argnums=(1, 2, 3), static_argnames="tile_size")(
+      projected, width, height, capacity, tile_size=tile_size)
   assert int(bins.pairs_total) == total
   assert int(bins.pairs_dropped) == total - capacity
   # Kept: the pairs of the nearest splats, in depth order, as many as fit.

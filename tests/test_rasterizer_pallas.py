@@ -3,6 +3,8 @@
 Scenes are tiny (48x40 px, so tiles are cut by the image border; tens of splats) because
 interpret mode is slow; they are dense enough that pixels stop early and cross the median.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,13 +49,14 @@ def camera(width=WIDTH, height=HEIGHT, focal=45.0):
   return jnp.eye(4), K
 
 
-@jax.jit
-def composite_both(splats):
+@functools.partial(jax.jit, static_argnums=1)
+def composite_both(splats, tile_size):
   viewmat, K = camera()
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
-  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT, tile_size=tile_size)
   pallas = [pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True,
-                                           exit_check_every=every, unroll=unroll)
+                                           exit_check_every=every, unroll=unroll,
+                                           tile_size=tile_size)
             for every, unroll in KERNEL_SETTINGS]
   ref = reference.composite_reference(projected, WIDTH, HEIGHT)
   return projected, bins, pallas, ref
@@ -74,13 +77,14 @@ def _scene_that_stops_early(rng):
   raise AssertionError("no scene with an early stop in 20 draws")
 
 
+@pytest.mark.parametrize("tile_size", [16, 8])
 @pytest.mark.parametrize("setting", range(len(KERNEL_SETTINGS)),
                          ids=[f"exit_check_every_{e}_unroll_{u}" for e, u in KERNEL_SETTINGS])
-def test_forward_matches_reference_except_at_discontinuities(setting, rng):
+def test_forward_matches_reference_except_at_discontinuities(setting, tile_size, rng):
   """Running sums and the stop / median / last positions (which the backward replays); any
   pixel that differs must sit on a threshold of the float64 official loop."""
   splats, margin = _scene_that_stops_early(rng)
-  projected, bins, pallas, ref = composite_both(splats)
+  projected, bins, pallas, ref = composite_both(splats, tile_size)
   pallas = pallas[setting]
   assert int(bins.pairs_dropped) == 0
   on_threshold = margin < 1e-4
@@ -119,7 +123,8 @@ def _assert_grads_close(got, want, names):
     np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * scale, err_msg=name)
 
 
-def test_running_sum_gradients_match_reference(rng):
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_running_sum_gradients_match_reference(tile_size, rng):
   """Every running sum the kernels return (m1 and m2 too, which no public output shows)
   back-propagates like the reference. End-to-end gradients through `rasterize`:
   test_rasterizer_tiled.py."""
@@ -127,7 +132,7 @@ def test_running_sum_gradients_match_reference(rng):
   splats = random_splats(key, NUM_SPLATS)
   viewmat, K = camera()
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
-  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT, tile_size=tile_size)
   shapes = jax.eval_shape(lambda: reference.composite_reference(projected, WIDTH, HEIGHT))
   weights = _random_cotangents(weights_key, {f: getattr(shapes, f) for f in FLOAT_FIELDS})
 
@@ -140,7 +145,8 @@ def test_running_sum_gradients_match_reference(rng):
                                           features=features))
       return sum(jnp.sum(getattr(state, f) * w) for f, w in weights.items())
 
-    pallas = lambda p: pallas_kernels.composite_tiles(p, bins, WIDTH, HEIGHT, interpret=True)
+    pallas = lambda p: pallas_kernels.composite_tiles(p, bins, WIDTH, HEIGHT, interpret=True,
+                                                      tile_size=tile_size)
     ref = lambda p: reference.composite_reference(p, WIDTH, HEIGHT)
     return jax.grad(loss, 1)(pallas, inputs), jax.grad(loss, 1)(ref, inputs)
 
@@ -150,16 +156,18 @@ def test_running_sum_gradients_match_reference(rng):
                                   "features"))
 
 
-def test_over_capacity_matches_tiled_and_reports_drops(rng):
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_over_capacity_matches_tiled_and_reports_drops(tile_size, rng):
   splats = random_splats(jax.random.PRNGKey(rng.integers(2**31)), NUM_SPLATS)
   viewmat, K = camera()
 
   @jax.jit
   def both(splats):
     projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
-    bins = binning.bin_splats(projected, WIDTH, HEIGHT, capacity=100)
-    return (bins, pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True),
-            tiled.composite_tiles(projected, bins, WIDTH, HEIGHT))
+    bins = binning.bin_splats(projected, WIDTH, HEIGHT, capacity=100, tile_size=tile_size)
+    return (bins, pallas_kernels.composite_tiles(projected, bins, WIDTH, HEIGHT, interpret=True,
+                                                 tile_size=tile_size),
+            tiled.composite_tiles(projected, bins, WIDTH, HEIGHT, tile_size=tile_size))
 
   bins, pallas, tiled_state = both(splats)
   assert int(bins.pairs_dropped) > 0
@@ -171,7 +179,7 @@ def test_over_capacity_matches_tiled_and_reports_drops(rng):
 def test_zero_opacity_scene_composites_nothing(rng):
   """(Scenes with no splats at all: test_rasterizer_reference.py, every impl.)"""
   splats = random_splats(jax.random.PRNGKey(rng.integers(2**31)), NUM_SPLATS)
-  _, bins, (pallas, *_), _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)))
+  _, bins, (pallas, *_), _ = composite_both(splats.replace(opacities=jnp.zeros(NUM_SPLATS)), 16)
   assert int(bins.pairs_total) == 0
   np.testing.assert_array_equal(pallas.transmittance, 1.0)
   for name in FLOAT_FIELDS[1:]:
@@ -179,21 +187,23 @@ def test_zero_opacity_scene_composites_nothing(rng):
   np.testing.assert_array_equal(pallas.last_pos, splat_math.NO_POSITION)
 
 
-@pytest.mark.parametrize("unroll", [1, 4])
+@pytest.mark.parametrize("unroll,tile_size", [(1, 16), (4, 16), (1, 8)])
 @pytest.mark.parametrize("backend,platform,kernel_call", [
     ("triton", "cuda", "__gpu$xla.gpu.triton"), ("mosaic_tpu", "tpu", "tpu_custom_call")])
-def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_call, unroll):
+def test_forward_and_backward_lower_for_accelerators(backend, platform, kernel_call, unroll,
+                                                     tile_size):
   """Both kernels lower to Triton (CUDA) and Mosaic TPU IR here, without the accelerator;
-  compiling them needs one (bench/pallas_smoke.py compiles and runs them on a GPU)."""
+  compiling them needs one (bench/pallas_smoke.py compiles and runs them on a GPU). 8x8 tiles
+  are 64-lane rows: Mosaic TPU takes their blocks as full array dims (docs/pallas.md)."""
   splats = random_splats(jax.random.PRNGKey(7), NUM_SPLATS)
   viewmat, K = camera()
   projected = project.project_splats(splats, viewmat, K, WIDTH, HEIGHT)
-  bins = binning.bin_splats(projected, WIDTH, HEIGHT)
+  bins = binning.bin_splats(projected, WIDTH, HEIGHT, tile_size=tile_size)
 
   def loss(transforms):
     state = pallas_kernels.composite_tiles(projected.replace(ray_transforms=transforms), bins,
                                            WIDTH, HEIGHT, interpret=False, backend=backend,
-                                           unroll=unroll)
+                                           unroll=unroll, tile_size=tile_size)
     return jnp.sum(state.color) + jnp.sum(state.distortion)
 
   lowered = jax.jit(jax.grad(loss)).trace(projected.ray_transforms).lower(
@@ -233,6 +243,8 @@ def test_float64_lowers_to_triton_in_float64_and_mosaic_refuses_it():
 @pytest.mark.parametrize("options,message", [
     (dict(backend="cuda"), "backend 'cuda' is not one of"),
     (dict(exit_check_every=16, unroll=3), "unroll must divide exit_check_every"),
+    (dict(tile_size=8), "bins have 9 tiles, a 48x40 image has 30 of 8x8"),
+    (dict(tile_size=6), "tile_size must be a power of two"),
 ])
 def test_rejects_bad_settings(options, message):
   splats = random_splats(jax.random.PRNGKey(8), NUM_SPLATS)

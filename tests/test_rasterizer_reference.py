@@ -15,7 +15,8 @@ import test_rasterizer_oracle as oracle
 
 OUTPUTS = ("color", "alpha", "depth", "median_depth", "normals", "distortion")
 render_jit = jax.jit(rasterizer.rasterize, static_argnums=(3, 4),
-                     static_argnames=("impl", "capacity", "pixels_per_chunk", "chunk_size"))
+                     static_argnames=("impl", "capacity", "pixels_per_chunk", "chunk_size",
+                                      "tile_size"))
 
 
 def render(scene, viewmats, Ks, width, height, background, impl="reference", **options):
@@ -35,8 +36,9 @@ def mismatched_pixels(got, want, atol):
   return bad
 
 
-@pytest.mark.parametrize("impl,options", [("reference", dict(pixels_per_chunk=97)),
-                                          ("tiled", dict(chunk_size=8)), ("pallas", {})])
+@pytest.mark.parametrize("impl,options", [
+    ("reference", dict(pixels_per_chunk=97)), ("tiled", dict(chunk_size=8)), ("pallas", {}),
+    ("tiled", dict(chunk_size=8, tile_size=8)), ("pallas", dict(tile_size=8))])
 def test_matches_official_loop_on_random_scenes(impl, options, rng):
   """In float64, so that only threshold decisions (never rounding) can differ: in float32 the
   ray-splat intersection of grazing, filter-dominated pixels is ill-conditioned. Pallas runs

@@ -297,6 +297,13 @@ def _check_geometry_gradients(config) -> str:
   return choice
 
 
+def raster_options(config) -> dict:
+  """`rasterizer.rasterize`'s keyword options from `config.render`: impl, capacity, tile_size."""
+  render = config.render
+  return dict(impl=render.impl, capacity=render.get("capacity"),
+              tile_size=render.get("tile_size", rasterizer.types.TILE_SIZE))
+
+
 def render_splats(config, local, vertices, faces, viewmats, Ks, lighting, background
                   ) -> rasterizer.RasterOutput:
   """The 2DGS render of `local` rigged to `vertices` and shaded under `lighting`, as the train
@@ -306,7 +313,7 @@ def render_splats(config, local, vertices, faces, viewmats, Ks, lighting, backgr
 
   def render(splats, cameras):
     return rasterizer.rasterize(splats, cameras, Ks, size, size, background,
-                                impl=config.render.impl, capacity=config.render.get("capacity"))
+                                **raster_options(config))
 
   shaded = _shade_splats(rigging.rig_gaussians(local, vertices, faces), viewmats, lighting)
   if _check_geometry_gradients(config) == "all":
