@@ -155,6 +155,7 @@ def profile(config, repeats: int):
       jax.block_until_ready(fn())
       if round_:
         times[name].append(1e3 * (time.perf_counter() - start))
+  raster = objective.raster_options(config)
   info = dict(splats=int(np.prod(out.local_gaussians.offsets.shape[1:3])),
               render_size=config.render.size, devices=devices, per_device_batch=per_device,
               pairs_needed_per_image=float(jnp.mean(out.render.pairs_needed)),
