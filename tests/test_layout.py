@@ -19,9 +19,11 @@ LAYERS = (
     ("data",),
     ("sheap_jax.training",),
     ("sheap_jax.inference",),
+    ("sheap_jax.fitting",),
     ("sheap_jax.evaluation",),
     ("configs",),
-    ("sheap_jax.train", "sheap_jax.evaluate", "sheap_jax.predict", "sheap_jax.loss_study"),
+    ("sheap_jax.train", "sheap_jax.evaluate", "sheap_jax.predict", "sheap_jax.loss_study",
+     "sheap_jax.fit"),
 )
 # Imports nothing of the project outside itself.
 STANDALONE = ("rasterizer", "sheap_jax.metrics")
