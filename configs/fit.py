@@ -27,8 +27,8 @@ def learning_rates() -> dict:
   values (`gaussians.activate`). Guesses, not tuned."""
   geometry = 0.25
   return dict(
-      shape=dict(learning_rate=0.05, start=geometry),
-      expression=dict(learning_rate=0.05, start=geometry),
+      shape=dict(learning_rate=0.01, start=geometry),
+      expression=dict(learning_rate=0.02, start=geometry),
       pose=dict(learning_rate=0.01, start=geometry),
       eyelids=dict(learning_rate=0.02, start=geometry),
       camera=dict(learning_rate=0.005, start=geometry),

@@ -174,7 +174,8 @@ def fit(config, frames: Dict[str, np.ndarray], workdir: str, flame_model: flame_
       progress.update(1)
   wall = time.time() - started
   variables = jax.device_get(state["variables"])
-  last = reanimate(config, frozen, variables, frames, jnp.arange(num_frames))
+  last = jax.jit(functools.partial(reanimate, config, frozen))(variables, frames,
+                                                                jnp.arange(num_frames))
   files = outputs.write_outputs(workdir, config, frozen, variables, last)
   summary = dict(about or {}, steps=total, frames=num_frames,
                  wall_seconds_this_run=round(wall, 1), resumed_from_step=first,

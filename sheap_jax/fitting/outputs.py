@@ -33,8 +33,17 @@ def preview(out: objective.Reanimation, faces) -> np.ndarray:
   """(3 H, 5 W, 3) uint8: the first, middle and last frames' strips, one per row."""
   count = out.image.shape[0]
   rows = sorted({0, count // 2, count - 1})
-  return np.concatenate([previews.strip(previews.reanimation_panels(out, faces, i))
-                         for i in rows], axis=0)
+  panels = jax.jit(previews.reanimation_panels)
+  return np.concatenate([previews.strip(panels(out, faces, jnp.int32(i))) for i in rows],
+                        axis=0)
+
+
+def _neutral_avatar(frozen: objective.Frozen, variables):
+  """(neutral mesh (V, 3), the Gaussians rigged to it (N, ...))."""
+  neutral = flame_lib.neutral_vertices(frozen.flame, variables["shape"][None])
+  splats = rigging.rig_gaussians(variables_lib.local_gaussians(variables, 1), neutral,
+                                 frozen.splat_faces)
+  return neutral[0], jax.tree.map(lambda x: x[0], splats)
 
 
 def write_outputs(workdir: str, config, frozen: objective.Frozen, variables,
@@ -44,12 +53,9 @@ def write_outputs(workdir: str, config, frozen: objective.Frozen, variables,
   arrays = {f.name: np.asarray(getattr(params, f.name)) for f in dataclasses.fields(params)}
   arrays["shape"] = np.asarray(variables["shape"])
   export.write_params(os.path.join(workdir, PARAMS_STEM), arrays)
-  neutral = flame_lib.neutral_vertices(frozen.flame, jnp.asarray(variables["shape"])[None])
-  export.write_obj(os.path.join(workdir, MESH_FILE), np.asarray(neutral[0]),
+  neutral, splats = jax.jit(_neutral_avatar)(frozen, variables)
+  export.write_obj(os.path.join(workdir, MESH_FILE), np.asarray(neutral),
                    np.asarray(frozen.flame.faces))
-  local = variables_lib.local_gaussians(variables, 1)
-  splats = rigging.rig_gaussians(local, neutral, frozen.splat_faces)
-  export.write_gaussians_ply(os.path.join(workdir, GAUSSIANS_FILE),
-                             jax.tree.map(lambda x: x[0], splats))
+  export.write_gaussians_ply(os.path.join(workdir, GAUSSIANS_FILE), splats)
   Image.fromarray(preview(out, frozen.flame.faces)).save(os.path.join(workdir, PREVIEW_FILE))
   return [PARAMS_STEM + ".json", PARAMS_STEM + ".npz", MESH_FILE, GAUSSIANS_FILE, PREVIEW_FILE]
