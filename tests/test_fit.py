@@ -15,6 +15,7 @@ from data.synthetic_heads import variants
 from sheap_jax import fit
 from sheap_jax.fitting import clip
 from sheap_jax.fitting import fitter
+from sheap_jax.fitting import optimizer
 from sheap_jax.fitting import outputs
 from sheap_jax.head import flame
 
@@ -105,3 +106,22 @@ def test_rerun_skips_and_resumes(control, config):
   resumed = fit.run(config, VIDEO, workdir, init="ground_truth_control")
   assert resumed["resumed_from_step"] == STEPS
   assert resumed["final"] == summary["final"]
+
+
+def test_config_arguments():
+  c = fit_config.get_config("losses=landmarks_only,matte=face_model")
+  assert c.losses.l1.weight == 0.0 and c.losses.landmarks.weight > 0 and c.fit.matte == "face_model"
+  with pytest.raises(ValueError, match="configs/fit.py: unknown argument"):
+    fit_config.get_config("cpu")
+
+
+def test_group_schedule_waits_warms_and_decays(rng):
+  peak, start, total, warmup, end = rng.uniform(0.01, 1), 7, 40, 5, rng.uniform(0.05, 0.5)
+  schedule = optimizer.group_schedule(peak, start, total, warmup, end)
+  steps = np.arange(total + 3)
+  t = steps - start
+  expected = np.where(t >= 0, peak * np.clip((t + 1) / warmup, 0, 1) * (
+      end + (1 - end) * 0.5 * (1 + np.cos(np.pi * np.clip(t / (total - start), 0, 1)))), 0)
+  np.testing.assert_allclose([float(schedule(s)) for s in steps], expected, rtol=1e-5,
+                             atol=1e-7)
+  assert float(schedule(start - 1)) == 0.0 and float(schedule(total)) == pytest.approx(peak * end)
