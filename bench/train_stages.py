@@ -77,7 +77,7 @@ def stage_functions(config, networks, frozen, params, batch):
     return _sum(objective._shade_splats(rigging.rig_gaussians(local, vertices, faces),
                                         out.viewmats, lighting))
   flame_rig = jax.jit(jax.grad(rig_shade, argnums=(0, 1)))
-  zbuffer = jax.jit(lambda: objective._render_mesh_buffers(out.vertices, faces, out.Ks,
+  zbuffer = jax.jit(lambda: objective.render_mesh_buffers(out.vertices, faces, out.Ks,
                                                            out.viewmats, size))
 
   def bins(splats):

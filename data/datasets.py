@@ -42,8 +42,14 @@ def data_dir(config) -> str:
 
 def _open_synthetic(variant: str, config):
   """synthetic_heads/<variant> under `data_dir`, built first when absent and
-  `build_if_missing` is set (by process 0; the others wait for it)."""
+  `build_if_missing` is set (by process 0; the others wait for it). A variant that is not
+  registered (a test's or a study's own builder config) is read from its build there."""
   root = data_dir(config)
+  registered = [c.name for c in synthetic_builder.SyntheticHeads.BUILDER_CONFIGS]
+  built = os.path.join(root, "synthetic_heads", variant,
+                       str(synthetic_builder.SyntheticHeads.VERSION))
+  if variant not in registered and os.path.isfile(os.path.join(built, "dataset_info.json")):
+    return tfds.builder_from_directory(built)  # a variant built by a test or a study
   try:
     dataset = synthetic_builder.SyntheticHeads(config=variant, data_dir=root,
                                                file_format="array_record")

@@ -19,10 +19,12 @@ LAYERS = (
     ("data",),
     ("sheap_jax.training",),
     ("sheap_jax.inference",),
+    ("sheap_jax.fitting",),
     ("sheap_jax.evaluation",),
     ("sheap_jax.training.loop",),  # the training loop runs the evaluators of config.evals
     ("configs",),
-    ("sheap_jax.train", "sheap_jax.evaluate", "sheap_jax.predict", "sheap_jax.loss_study"),
+    ("sheap_jax.train", "sheap_jax.evaluate", "sheap_jax.predict", "sheap_jax.loss_study",
+     "sheap_jax.fit"),
 )
 # Imports nothing of the project outside itself.
 STANDALONE = ("rasterizer", "sheap_jax.metrics")

@@ -57,6 +57,13 @@ BUILDER_CONFIGS = (
         num_train=48, num_validation=16, num_test=0, image_size=128, supersample=1,
         texture_size=256),
     SyntheticHeadsConfig(
+        name="fit", description="16 identities x 24 frames at 128^2 (4.8 s of talking head, "
+                                "yaw spread as every variant's), 256^2 textures, its own seed: "
+                                "the fitting study's dev identities (docs/fitting.md), used by "
+                                "nothing else.",
+        num_train=0, num_validation=16, num_test=0, frames_per_video=24, image_size=128,
+        supersample=1, texture_size=256, seed=1717),
+    SyntheticHeadsConfig(
         name="small", description="500 identities x 24 frames at 224^2.",
         num_train=400, num_validation=50, num_test=50, frames_per_video=24),
     SyntheticHeadsConfig(

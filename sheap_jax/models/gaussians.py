@@ -197,14 +197,22 @@ class GaussiansRegressor(nn.Module):
     raw = nn.Dense(slots * per_gaussian, dtype=self.dtype, name="head",
                    kernel_init=nn.initializers.normal(self.output_init_std))(x)
     raw = raw.astype(jnp.float32).reshape(batch, num_faces, slots, per_gaussian)
-    offsets, quats, log_scales, opacity_logits, features = jnp.split(
-        raw, np.cumsum([3, 4, 2, 1]), axis=-1)
-    init_scale = self.init_scale / math.sqrt(slots)
-    init_logit = math.log(self.init_opacity / (1 - self.init_opacity))
-    return LocalGaussians(
-        offsets=offsets + _slot_offsets(slots),
-        quats=quats + jnp.array([1.0, 0.0, 0.0, 0.0]),
-        scales=jnp.exp(log_scales + math.log(init_scale)),
-        opacities=nn.sigmoid(opacity_logits[..., 0] + init_logit),
-        features=nn.sigmoid(features),
-    )
+    return activate(*jnp.split(raw, np.cumsum([3, 4, 2, 1]), axis=-1),
+                    init_scale=self.init_scale, init_opacity=self.init_opacity)
+
+
+def activate(offsets, quats, log_scales, opacity_logits, features, init_scale: float = 0.5,
+             init_opacity: float = 0.5) -> LocalGaussians:
+  """Unconstrained per-Gaussian values (..., F, K, 3 | 4 | 2 | 1 | C) -> LocalGaussians; all
+  zeros give the initial splats of the module docstring (slots on a circle, flat, scale
+  `init_scale / sqrt(K)`, opacity `init_opacity`, albedo 0.5). The regressor's outputs and
+  fitting's free per-splat variables (`sheap_jax/fitting`) share this parameterisation."""
+  slots = offsets.shape[-2]
+  init_logit = math.log(init_opacity / (1 - init_opacity))
+  return LocalGaussians(
+      offsets=offsets + _slot_offsets(slots),
+      quats=quats + jnp.array([1.0, 0.0, 0.0, 0.0]),
+      scales=jnp.exp(log_scales + math.log(init_scale / math.sqrt(slots))),
+      opacities=nn.sigmoid(opacity_logits[..., 0] + init_logit),
+      features=nn.sigmoid(features),
+  )

@@ -30,11 +30,10 @@ from data import datasets
 from data import pairs
 from sheap_jax.evaluation import heldout as heldout_validation
 from sheap_jax.evaluation import validation as validation_lib
-from sheap_jax.geometry import camera as camera_lib
 from sheap_jax.inference import checkpoint_predictor
-from sheap_jax.render import mesh_render
 from sheap_jax.training import checkpoints
 from sheap_jax.training import objective
+from sheap_jax.training import previews
 from sheap_jax.training import trainer
 from sheap_jax.training.trainer import TrainState
 
@@ -74,16 +73,8 @@ def preview_image(out: objective.Reanimation, source_image, faces) -> np.ndarray
   """(H, 6 W, 3) uint8 strip of pair 0: source | target | render | mesh overlay | depth |
   normals."""
   size = out.image.shape[1]
-  camera = camera_lib.Camera(K=out.Ks[0], viewmat=out.viewmats[0], width=size, height=size)
-  overlay = mesh_render.overlay_mesh(out.image[0], out.vertices[0], faces, camera)
-  depth = out.render.depth[0]
-  on = out.render.alpha[0] > 0.5
-  lo, hi = (jnp.min(jnp.where(on, depth, jnp.inf)), jnp.max(jnp.where(on, depth, -jnp.inf)))
-  depth = jnp.where(on, 1.0 - (depth - lo) / jnp.maximum(hi - lo, 1e-6), 0.0)
-  panels = [objective.resize_images(source_image[:1], size)[0], out.image[0], out.render.color[0],
-            overlay, jnp.repeat(depth[..., None], 3, -1), 0.5 - 0.5 * out.render.normals[0]]
-  strip = jnp.concatenate([jnp.clip(p, 0.0, 1.0) for p in panels], axis=1)
-  return np.asarray(strip * 255 + 0.5).astype(np.uint8)
+  return previews.strip([objective.resize_images(source_image[:1], size)[0]]
+                        + previews.reanimation_panels(out, faces))
 
 
 def write_preview(workdir, step, reanimate, state, frozen, batch, flame_model):

@@ -279,7 +279,7 @@ def _shade_splats(splats: rasterizer.Splats, viewmats: jnp.ndarray, sh: jnp.ndar
   return splats.replace(features=colors)
 
 
-def _render_mesh_buffers(vertices, faces, Ks, viewmats, size):
+def render_mesh_buffers(vertices, faces, Ks, viewmats, size):
   """(depth, normals, mask) of the target mesh from the z-buffer renderer (constants)."""
   def one(v, K, viewmat):
     image = mesh_render.render_mesh(
@@ -337,7 +337,19 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
 
   dinov2_input = resize_images(source_image, config.dinov2.image_size)
   tokens = dinov2.frozen_features(networks.dinov2, frozen.dinov2, dinov2_input).patch_tokens
+  draw = functools.partial(renderer.draw, networks, params, frozen, config, source, tokens)
+  return render_target(frozen, config, source, target, target_image, draw)
 
+
+def render_target(frozen: Frozen, config, source: predictor_lib.PredictorOutput,
+                  target: predictor_lib.PredictorOutput, target_image: jnp.ndarray, draw
+                  ) -> Reanimation:
+  """Steps 3-4 of the module docstring: FLAME(source shape, target motion) under the target's
+  camera and the source's lighting, drawn by `draw(vertices, Ks, viewmats, lighting,
+  background) -> (render, (depth, normals, mask) of the mesh, local Gaussians, texture)`, with
+  its projected landmarks. Training passes the networks' predictions; fitting
+  (`sheap_jax/fitting`) passes free variables in the same structures."""
+  batch = target.shape.shape[0]
   flame_out = flame_lib.flame_forward(frozen.flame, _flame_params(source, target))
   size = config.render.size
   K = camera_lib.intrinsics_from_fov(camera_lib.SHEAP_FOV_Y_DEGREES, size, size)
@@ -346,9 +358,8 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
   lighting = DEFAULT_LIGHTING + source.lighting
   background = jnp.asarray(config.render.background, jnp.float32)
 
-  render, (depth, normals, mask), local, texture = renderer.draw(
-      networks, params, frozen, config, source, tokens, flame_out.vertices, Ks, viewmats,
-      lighting, background)
+  render, (depth, normals, mask), local, texture = draw(flame_out.vertices, Ks, viewmats,
+                                                        lighting, background)
 
   landmarks, landmarks_static = (jax.vmap(lambda K_, v, p: camera_lib.project(
       K_, camera_lib.world_to_camera(v, p)))(Ks, viewmats, points)
@@ -362,13 +373,19 @@ def reanimate(networks: Networks, params, frozen: Frozen, config, source_image: 
 
 def _draw_gaussians(networks, params, frozen, config, source, tokens, vertices, Ks, viewmats,
                     lighting, background):
-  """SHeaP: the Gaussians Regressor's splats rigged to the mesh, drawn by the 2DGS rasteriser;
-  the mesh's own buffers come from the z-buffer renderer."""
+  """SHeaP: the Gaussians Regressor's splats, drawn by `draw_gaussians`."""
   local = networks.regressor.apply({"params": params["regressor"]}, source.identity, tokens,
                                    frozen.layout)
+  return draw_gaussians(config, frozen, local, vertices, Ks, viewmats, lighting, background)
+
+
+def draw_gaussians(config, frozen: Frozen, local: rigging.LocalGaussians, vertices, Ks, viewmats,
+                   lighting, background):
+  """`local` rigged to the mesh and drawn by the 2DGS rasteriser; the mesh's own buffers come
+  from the z-buffer renderer. The draw of `render_target`, whoever made the Gaussians."""
   render = render_splats(config, local, vertices, frozen.splat_faces, viewmats, Ks, lighting,
                          background)
-  buffers = _render_mesh_buffers(vertices, frozen.splat_faces, Ks, viewmats, config.render.size)
+  buffers = render_mesh_buffers(vertices, frozen.splat_faces, Ks, viewmats, config.render.size)
   return render, buffers, local, None
 
 
@@ -441,6 +458,16 @@ def matching_landmarks(out: Reanimation, batch: Dict[str, jnp.ndarray]) -> jnp.n
 def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jnp.ndarray],
                  out: Reanimation) -> losses.LossContext:
   """Everything `losses.total_loss` reads, for one reanimated batch."""
+  return render_loss_context(config, batch, out).replace(
+      feature_fn=losses.dinov2_feature_fn(networks.dinov2, frozen.dinov2,
+                                          tuple(config.dinov2.feature_blocks),
+                                          input_size=config.dinov2.image_size))
+
+
+def render_loss_context(config, batch: Dict[str, jnp.ndarray], out: Reanimation
+                        ) -> losses.LossContext:
+  """`loss_context` without the perceptual features (which need DINOv2): what fitting, which
+  has no networks, scores with (`perceptual` then needs weight 0)."""
   local = out.local_gaussians
   landmarks_target = batch.get("target_landmarks")
   if landmarks_target is not None:
@@ -459,10 +486,7 @@ def loss_context(networks: Networks, frozen: Frozen, config, batch: Dict[str, jn
       flame_target=_flame_params(out.target, out.target),
       gaussian_offsets=None if local is None else local.offsets,
       gaussian_scales=None if local is None else local.scales,
-      gaussian_opacities=None if local is None else local.opacities,
-      feature_fn=losses.dinov2_feature_fn(networks.dinov2, frozen.dinov2,
-                                          tuple(config.dinov2.feature_blocks),
-                                          input_size=config.dinov2.image_size))
+      gaussian_opacities=None if local is None else local.opacities)
 
 
 def applicable_losses(config) -> Dict[str, Any]:
@@ -479,7 +503,15 @@ def pair_losses(networks: Networks, params, frozen: Frozen, config,
   are the rasteriser's `pairs_dropped` (over capacity), `pairs_needed` (to size the capacity)
   and `splats_culled`."""
   out = reanimate(networks, params, frozen, config, batch["source_image"], batch["target_image"])
-  context = loss_context(networks, frozen, config, batch, out)
+  totals, terms = per_pair_losses(config, loss_context(networks, frozen, config, batch, out))
+  counters = dict(pairs_dropped=out.render.pairs_dropped, pairs_needed=out.render.pairs_needed,
+                  splats_culled=out.render.splats_culled)
+  return totals, terms, counters
+
+
+def per_pair_losses(config, context: losses.LossContext
+                    ) -> Tuple[jnp.ndarray, Dict[str, jnp.ndarray]]:
+  """(total (B,), {term: (B,)}): `losses.total_loss` of the applicable terms, pair by pair."""
   feature_fn = context.feature_fn
   terms_config = applicable_losses(config)
 
@@ -487,10 +519,7 @@ def pair_losses(networks: Networks, params, frozen: Frozen, config,
     single = jax.tree.map(lambda x: x[None], single).replace(feature_fn=feature_fn)
     return losses.total_loss(terms_config, single)
 
-  totals, terms = jax.vmap(one_pair)(context.replace(feature_fn=None))
-  counters = dict(pairs_dropped=out.render.pairs_dropped, pairs_needed=out.render.pairs_needed,
-                  splats_culled=out.render.splats_culled)
-  return totals, terms, counters
+  return jax.vmap(one_pair)(context.replace(feature_fn=None))
 
 
 def mean_loss(networks: Networks, params, frozen: Frozen, config, batch: Dict[str, jnp.ndarray]
