@@ -29,13 +29,6 @@ from sheap_jax.fitting import fitter
 from sheap_jax.training import objective
 
 INITS = ("mean_head", "ground_truth_control")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Fit config file (path[:arguments], e.g. configs/fit.py:losses=full).")
-_VIDEO = flags.DEFINE_string("video", None, "NAME:VARIANT/SPLIT/VIDEO_ID, e.g. "
-                             "synthetic_heads:tiny/validation/8.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the fit's outputs.")
-_INIT = flags.DEFINE_enum("init", "mean_head", INITS, "Start: the mean head, or (the control "
-                          "only, synthetic data) the ground-truth parameters.")
 
 
 def run(config, video: str, workdir: str, init: str = "mean_head") -> dict:
@@ -66,10 +59,22 @@ def run(config, video: str, workdir: str, init: str = "mean_head") -> dict:
                     initial=initial, about=about)
 
 
+def define_flags():
+  """The command line's flags, defined only when this module runs as the program, so that
+  importing `run` (tests, notebooks) beside `sheap_jax.train` defines no flag twice."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Fit config file (path[:arguments], e.g. configs/fit.py:losses=full).")
+  flags.DEFINE_string("video", None, "NAME:VARIANT/SPLIT/VIDEO_ID, e.g. "
+                      "synthetic_heads:tiny/validation/8.")
+  flags.DEFINE_string("workdir", None, "Directory for the fit's outputs.")
+  flags.DEFINE_enum("init", "mean_head", INITS, "Start: the mean head, or (the control "
+                    "only, synthetic data) the ground-truth parameters.")
+
+
 def main(argv):
   del argv
   try:
-    summary = run(_CONFIG.value, _VIDEO.value, _WORKDIR.value, _INIT.value)
+    summary = run(flags.FLAGS.config, flags.FLAGS.video, flags.FLAGS.workdir, flags.FLAGS.init)
   except datasets.ConfigError as error:
     sys.exit(f"error: {error}")
   print(json.dumps({k: summary[k] for k in ("video", "init", "steps", "final")
@@ -77,5 +82,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config", "video", "workdir"])
   app.run(main)
