@@ -118,6 +118,17 @@ def renderer_forward_backward(config, frozen: objective.Frozen):
   return jax.jit(jax.grad(total)), inputs_of, splats
 
 
+def random_batch(devices: int, per_device: int, size: int) -> dict:
+  """A fixed random batch of the step's inputs, (devices, per_device, ...): images at `size`,
+  68 landmarks, all valid (the input pipeline is not timed)."""
+  rng = np.random.default_rng(0)
+  batch = {name: rng.random((devices, per_device, size, size, 3), dtype=np.float32)
+           for name in ("source_image", "target_image")}
+  batch["target_landmarks"] = rng.random((devices, per_device, 68, 2), np.float32) * size
+  batch["target_landmarks_valid"] = np.ones((devices, per_device, 68), np.float32)
+  return batch
+
+
 def renderer_rounds(config, spec: str, devices: int):
   """(one_round, record): one_round() times the renderer alone and then one train step of
   `config` on its first `devices` local devices (the first call compiles); record(times) is the
@@ -132,11 +143,7 @@ def renderer_rounds(config, spec: str, devices: int):
 
   per_device = max(config.batch_size // devices, 1)
   size = config.model.image_size
-  rng = np.random.default_rng(0)
-  batch = {name: rng.random((devices, per_device, size, size, 3), dtype=np.float32)
-           for name in ("source_image", "target_image")}
-  batch["target_landmarks"] = rng.random((devices, per_device, 68, 2), np.float32) * size
-  batch["target_landmarks_valid"] = np.ones((devices, per_device, 68), np.float32)
+  batch = random_batch(devices, per_device, size)
   sharded = trainer.shard_batch(batch, mesh)
   device_batch = [jnp.asarray(batch[name][0]) for name in ("source_image", "target_image")]
   reanimate = jax.jit(lambda p, f, s, t: objective.reanimate(networks, p, f, config, s, t))

@@ -130,11 +130,7 @@ def profile(config, repeats: int):
   devices = mesh.devices.size
   per_device = max(config.batch_size // devices, 1)
   size = config.model.image_size
-  rng = np.random.default_rng(0)
-  batch = {name: rng.random((devices, per_device, size, size, 3), dtype=np.float32)
-           for name in ("source_image", "target_image")}
-  batch["target_landmarks"] = rng.random((devices, per_device, 68, 2), np.float32) * size
-  batch["target_landmarks_valid"] = np.ones((devices, per_device, 68), np.float32)
+  batch = train_bench.random_batch(devices, per_device, size)
   stages, out = stage_functions(config, networks, frozen_host, state_host.params,
                                 {k: jnp.asarray(v[0]) for k, v in batch.items()})
 
